@@ -1,0 +1,175 @@
+"""Typed run configuration: YAML file + `--set key.sub=value` overrides, validated by pydantic.
+
+One `RunConfig` flows through a run and is saved beside its results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from peso.errors import PesoError
+
+
+def _distinct(values: list | None) -> list | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError(f"lists a value twice: {values}")
+    return values
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str = Field(description="folder with <NAME>.all.block_<t>.json files and one <NAME>.index*.json file")
+    history: int = Field(20, ge=1, description="sliding window: items of history before each target")
+    min_items: int = Field(3, ge=3, description="users with fewer items in a block are skipped in that block")
+    max_users: int | None = Field(None, ge=1, description="keep only the first N users of each block (smoke tests)")
+    blocks: list[int] | None = Field(None, description="block numbers to use (default: all found)")
+
+    _distinct_blocks = field_validator("blocks")(lambda v: _distinct(v))
+
+
+class TinyConfig(_Section):
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(512, ge=8)
+    max_positions: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field("tiny", description="'tiny', a Hugging Face hub id, or a local checkpoint folder")
+    tiny: TinyConfig = Field(default_factory=TinyConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    prompt: bool | None = Field(None, description="wrap history in the instruction prompt (default: on unless tiny)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class TrainConfig(_Section):
+    lr: float = Field(3e-3, gt=0, description="learning rate of block 0")
+    continual_lr_scale: float = Field(0.1, gt=0, description="blocks 1.. train at lr * this")
+    epochs: int = Field(4, ge=1, description="epochs of block 0")
+    continual_epochs: int | None = Field(None, ge=1, description="epochs of blocks 1.. (default: epochs)")
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int | None = Field(None, ge=0, description="warmup steps (default: warmup_ratio of the steps)")
+    warmup_ratio: float = Field(0.01, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.8, gt=0, description="cross-entropy on logits / temperature")
+    grad_clip: float | None = Field(1.0, gt=0)
+    full_block0: bool | None = Field(
+        None, description="block 0 trains every weight with the adapter (default: on for tiny only)"
+    )
+
+
+class DecodeConfig(_Section):
+    beam: int = Field(50, ge=1, description="beam width of the trie-constrained beam search")
+    top_k: int = Field(10, ge=1, description="items recommended per user")
+    batch_size: int = Field(64, ge=1, description="users decoded together")
+
+    @model_validator(mode="after")
+    def _beam_covers_k(self) -> DecodeConfig:
+        if self.beam < self.top_k:
+            raise ValueError(f"beam ({self.beam}) must be at least top_k ({self.top_k})")
+        return self
+
+
+class PesoSettings(_Section):
+    lam: float = Field(5.0, ge=0, description="lambda, weight of the softmax-KL proximal term")
+
+
+class RunConfig(_Section):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    peso: PesoSettings = Field(default_factory=PesoSettings)
+    methods: list[str] = Field(default_factory=lambda: ["peso", "single", "frozen", "popular"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    _distinct_lists = field_validator("methods", "seeds")(lambda v: _distinct(v))
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise PesoError(where, f"'{dotted}': '{key}' is not a section", "set a leaf such as train.lr=1e-3")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_validation(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {msg}{extra}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides (values parsed as YAML), validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PesoError(str(path), "config file not found", "give the path of a YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PesoError(str(path), f"cannot be read as a text file ({e.__class__.__name__})", "give a YAML file") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise PesoError(str(path), f"not valid YAML{at}", "fix the YAML syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PesoError(str(path), "top level must be a mapping of sections", "see configs/quickstart.yaml")
+    set_keys = set()
+    for item in overrides or []:
+        if "=" not in item:
+            raise PesoError("--set", f"'{item}' is not key=value", "write e.g. --set train.lr=1e-3")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PesoError("--set", f"{key}: value '{value}' is not valid YAML", "quote it or fix it") from None
+        _set_path(raw, key.strip(), parsed, "--set")
+        set_keys.add(key.strip())
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        loc = ".".join(str(p) for p in e.errors()[0]["loc"])
+        where = "--set" if any(loc == k or loc.startswith(k + ".") for k in set_keys) else str(path)
+        raise PesoError(where, _format_validation(e), "correct the value; see configs/quickstart.yaml") from None
+    # a relative data path is relative to the config file (configs travel with their data), else to the cwd
+    data_path = Path(cfg.data.path)
+    if not data_path.is_absolute() and (path.parent / data_path).exists():
+        cfg.data.path = str(path.parent / data_path)
+    return cfg

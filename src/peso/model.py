@@ -1,0 +1,187 @@
+"""Model stage: a causal LM (hub id, local path, or the embedded `tiny`), item tokens in its vocabulary,
+and a PEFT LoRA adapter whose trainable parameters include the item-token embedding/output rows.
+
+`TokenSpace` turns item histories into token ids: bare item tokens for `tiny`, the paper's instruction
+prompt for a pretrained LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from peso.config import ModelConfig
+from peso.errors import PesoError
+from peso.tokenize.items import ItemIndex
+
+PROMPT = (
+    "### Instruction:\nThe user has interacted with items {items} in chronological order. "
+    "Can you predict the next possible item that the user may expect?\n### Response:\n"
+)
+TINY_SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2 of the tiny vocabulary
+
+
+@dataclass
+class TokenSpace:
+    """Where the item tokens sit in the model vocabulary, and how a history becomes a prompt."""
+
+    level_offsets: list[int]  # token id of code 0 at each level
+    level_sizes: list[int]
+    codes: np.ndarray  # (n_items, levels)
+    pad_id: int
+    eos_id: int
+    prefix: list[int] = field(default_factory=list)  # prompt tokens before the items
+    separator: list[int] = field(default_factory=list)  # between items
+    suffix: list[int] = field(default_factory=list)  # after the items
+    append_eos: bool = False  # the response ends with EOS (prompted LLMs, as the paper's code)
+
+    def item_tokens(self, item: int) -> list[int]:
+        return [off + int(c) for off, c in zip(self.level_offsets, self.codes[item], strict=True)]
+
+    def prompt(self, history: np.ndarray) -> list[int]:
+        ids = list(self.prefix)
+        for k, item in enumerate(history):
+            if k:
+                ids.extend(self.separator)
+            ids.extend(self.item_tokens(int(item)))
+        ids.extend(self.suffix)
+        return ids
+
+    def target(self, item: int) -> list[int]:
+        return self.item_tokens(item) + ([self.eos_id] if self.append_eos else [])
+
+    def all_item_token_ids(self) -> list[int]:
+        return [off + c for off, size in zip(self.level_offsets, self.level_sizes, strict=True) for c in range(size)]
+
+
+def _tiny(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
+    sizes = index.level_sizes
+    offsets = list(np.cumsum([len(TINY_SPECIALS), *sizes[:-1]]))
+    t = cfg.tiny
+    config = LlamaConfig(
+        vocab_size=len(TINY_SPECIALS) + sum(sizes),
+        hidden_size=t.hidden,
+        intermediate_size=t.intermediate,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        num_key_value_heads=t.heads,
+        max_position_embeddings=t.max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    space = TokenSpace([int(o) for o in offsets], sizes, index.codes, pad_id=0, eos_id=2, prefix=[1])
+    return model, space
+
+
+def _pretrained(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
+    name = cfg.name
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:160]
+        raise PesoError(
+            "model.name", f"cannot load '{name}' ({reason})", "use 'tiny', a local checkpoint folder, or a cached hub id"
+        ) from None
+    offsets = []
+    for toks in index.level_tokens:
+        tokenizer.add_tokens(toks)
+        ids = tokenizer.convert_tokens_to_ids(toks)
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            raise PesoError("model.name", f"item tokens of '{name}' are not contiguous in its vocabulary",
+                            "use item tokens the tokenizer does not know yet")
+        offsets.append(ids[0])
+    model.resize_token_embeddings(len(tokenizer))
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    use_prompt = True if cfg.prompt is None else cfg.prompt
+    space = TokenSpace(offsets, index.level_sizes, index.codes, pad_id=pad, eos_id=eos, append_eos=use_prompt)
+    if use_prompt:
+        head, tail = PROMPT.split("{items}")
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        space.prefix = bos + tokenizer(head, add_special_tokens=False)["input_ids"]
+        space.separator = tokenizer(", ", add_special_tokens=False)["input_ids"]
+        space.suffix = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    return model, space
+
+
+def load_backbone(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
+    """The base causal LM with the item tokens in its vocabulary (not yet adapted)."""
+    if cfg.name == "tiny":
+        return _tiny(cfg, index)
+    return _pretrained(cfg, index)
+
+
+def _is_tied(model: PreTrainedModel) -> bool:
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
+def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module).split(".")[-1]
+
+
+def attach_lora(model: PreTrainedModel, cfg: ModelConfig, space: TokenSpace) -> PeftModel:
+    """Wrap the backbone in a PEFT LoRA model; item-token rows train through PEFT's trainable tokens."""
+    item_ids = space.all_item_token_ids()
+    if _is_tied(model):
+        tokens: list[int] | dict[str, list[int]] = item_ids
+    else:
+        tokens = {_module_name(model, model.get_input_embeddings()): item_ids,
+                  _module_name(model, model.get_output_embeddings()): item_ids}
+    lc = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        trainable_token_indices=tokens,
+        task_type="CAUSAL_LM",
+    )
+    logging.getLogger("peft").setLevel(logging.ERROR)
+    try:
+        return get_peft_model(model, lc)
+    except ValueError as e:
+        raise PesoError("model.lora.target_modules", str(e).splitlines()[0][:200],
+                        "name modules the model has, e.g. q_proj,v_proj") from None
+
+
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:
+    """(module name, A, B) of every LoRA-adapted module of the active adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            out.append((name, module.lora_A["default"].weight, module.lora_B["default"].weight))
+    return out
+
+
+def base_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The backbone's own weights, without adapter parameters, under the plain model's key names."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key or "trainable_tokens" in key:
+            continue
+        clean = key.removeprefix("base_model.model.").replace(".base_layer", "").replace(".token_adapter", "")
+        out[clean] = value
+    return out
+
+
+def save_base(model: PeftModel, out_dir: Path) -> None:
+    """Save the (block-0 trained) backbone as a normal HF checkpoint that PeftModel.from_pretrained accepts."""
+    base = model.get_base_model()
+    plain = type(base)(base.config)
+    missing, unexpected = plain.load_state_dict(base_state_dict(model), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"backbone keys do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    plain.save_pretrained(out_dir)

@@ -1,0 +1,298 @@
+"""Experiment runner: blocks x methods x seeds. Block 0 is trained once per seed and shared by every
+adapter strategy; each strategy then adapts block by block and is evaluated on each block's test targets.
+
+Everything that can be checked (config, data, methods, model name) is checked before RUN_DIR is touched,
+and every file in RUN_DIR is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from rich.console import Console
+from safetensors.torch import save_file
+
+from peso.config import RunConfig
+from peso.data.release import read_release
+from peso.data.samples import BlockSamples, build_samples
+from peso.decode import recommend
+from peso.errors import PesoError
+from peso.io import atomic_dir, write_text
+from peso.metrics import summarize
+from peso.model import TokenSpace, attach_lora, load_backbone, save_base
+from peso.report import console_table, markdown, plot, write_csv
+from peso.strategies import AdapterStrategy, StandaloneMethod, create
+from peso.strategies.base import save_adapter
+from peso.tokenize.items import ItemIndex
+from peso.tokenize.trie import Trie
+from peso.train import Encoded, encode, train_block
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Prepared:
+    """Validated inputs of a run: data, item index, trie and per-block samples."""
+
+    name: str
+    index: ItemIndex
+    trie: Trie
+    samples: list[BlockSamples]
+    methods: list[str]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    for name in cfg.methods:
+        create(name, cfg)  # unknown names fail here, before anything is written
+    if cfg.model.name != "tiny":
+        from transformers import AutoConfig
+
+        try:  # a local folder must hold a checkpoint; a hub id must be cached or reachable
+            AutoConfig.from_pretrained(cfg.model.name)
+        except (OSError, ValueError):
+            raise PesoError(
+                "model.name", f"'{cfg.model.name}' is not 'tiny', a local checkpoint folder, or a cached hub model",
+                "use model.name=tiny or the path of a Hugging Face checkpoint",
+            ) from None
+    data = read_release(cfg.data.path, cfg.data.blocks)
+    index = ItemIndex.from_tokens(data.index, data.index_source)
+    ids = index.item_ids()
+    samples = []
+    for block in data.blocks:
+        s = build_samples(block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users)
+        if len(s) == 0:
+            raise PesoError(block.source, f"block {block.number} has no user with >= {cfg.data.min_items} items",
+                            "lower data.min_items or merge blocks")
+        samples.append(s)
+    return Prepared(data.name, index, Trie(index.sid_codes, index.level_sizes), samples, list(cfg.methods))
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
+    pkgs = {}
+    for p in ("peso", "torch", "transformers", "peft", "accelerate", "numpy", "safetensors", "pydantic"):
+        try:
+            pkgs[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pkgs[p] = None
+    return {
+        "command": argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seeds": cfg.seeds,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": pkgs,
+        "dataset": prep.name,
+        "items": len(prep.index.items),
+        "semantic_ids": prep.index.n_sids,
+        "levels": prep.index.level_sizes,
+        "collisions": prep.index.collisions(),
+        "blocks": {int(s.number): len(s) for s in prep.samples},
+    }
+
+
+def item_rows(model: torch.nn.Module, space: TokenSpace) -> dict[str, torch.Tensor]:
+    """The effective item-token rows of the input embedding and the output layer."""
+    ids = torch.tensor(space.all_item_token_ids())
+
+    def weight(module: torch.nn.Module) -> torch.Tensor:
+        if hasattr(module, "token_adapter"):
+            return module.token_adapter.get_merged_weights(module.token_adapter.active_adapters)
+        return module.weight
+
+    return {
+        "token_ids": ids,
+        "embed_tokens": weight(model.get_input_embeddings())[ids].detach().contiguous(),
+        "lm_head": weight(model.get_output_embeddings())[ids].detach().contiguous(),
+    }
+
+
+def export_block(strategy_export, model, space: TokenSpace, out_dir: Path) -> int:
+    """The adapter in PEFT's format plus the item rows alone (safetensors), as one atomic folder."""
+    with atomic_dir(out_dir) as tmp:
+        nbytes = strategy_export(model, tmp)
+        save_file(item_rows(model, space), str(tmp / "item_rows.safetensors"))
+    return nbytes
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, prep: Prepared, out: Path) -> None:
+        self.cfg, self.prep, self.out = cfg, prep, out
+        self.rows: list[dict] = []
+        self.train_log: list[dict] = []
+        groups: dict[int, list[str]] = {}
+        for item, g in zip(prep.index.items, prep.index.sid.tolist(), strict=True):
+            groups.setdefault(g, []).append(item)
+        self.sid_items = {g: "|".join(items) for g, items in groups.items()}
+
+    # --- shared pieces -------------------------------------------------------------------------------
+    def _targets(self, s: BlockSamples) -> np.ndarray:
+        return self.prep.index.sid[[s.target(u, s.test_position(u)) for u in range(len(s))]]
+
+    def _eval(self, model, space, enc: Encoded, s: BlockSamples, desc: str, out_dir: Path) -> dict[str, float]:
+        d = self.cfg.decode
+        ranked = recommend(model, enc.prompts, space, self.prep.trie, d.beam, d.top_k, d.batch_size, desc=desc)
+        self._save_recs(s, ranked, out_dir)
+        return summarize(ranked, self._targets(s))
+
+    def _save_recs(self, s: BlockSamples, ranked: np.ndarray, out_dir: Path) -> None:
+        """user, test target, top-k list (items sharing a semantic ID joined by '|')."""
+        index = self.prep.index
+        lines = ["user,target,recommendations"]
+        for u, row in enumerate(ranked):
+            recs = " ".join(self.sid_items[g] for g in row if g >= 0)
+            lines.append(f"{s.users[u]},{index.items[s.target(u, s.test_position(u))]},{recs}")
+        write_text(out_dir / "recommendations.csv", "\n".join(lines) + "\n")
+
+    def _train(self, model, strategy: AdapterStrategy | None, t: int, seed: int, enc, label: str):
+        tc = self.cfg.train
+        continual = t > 0
+        torch.manual_seed(seed * 1000 + t)
+        report = train_block(
+            model, enc["train"], enc["valid"], pad_id=enc["space"].pad_id,
+            lr=tc.lr * (tc.continual_lr_scale if continual else 1.0),
+            epochs=(tc.continual_epochs or tc.epochs) if continual else tc.epochs,
+            batch_size=tc.batch_size, warmup_steps=tc.warmup_steps, warmup_ratio=tc.warmup_ratio,
+            weight_decay=tc.weight_decay, temperature=tc.temperature, grad_clip=tc.grad_clip,
+            seed=seed * 1000 + t, extra_loss=(strategy.extra_loss if strategy else (lambda m: None)),
+            desc=f"seed {seed} block {t} {label}",
+        )
+        for e in range(report.epochs):
+            self.train_log.append({
+                "method": label, "seed": seed, "block": t, "epoch": e + 1, "train_ce": report.train_ce[e],
+                "proximal": report.train_penalty[e], "valid_loss": report.valid_losses[e],
+                "best": int(e + 1 == report.best_epoch),
+            })
+        return report
+
+    def _row(self, method: str, seed: int, s: BlockSamples, metrics: dict, report=None, nbytes: int = 0) -> None:
+        row = {"method": method, "seed": seed, "block": int(s.number), "users": len(s), **metrics,
+               "train_seconds": report.seconds if report else 0.0, "best_epoch": report.best_epoch if report else "",
+               "targets_per_s": round(report.targets_per_second, 1) if report else "", "adapter_bytes": nbytes}
+        self.rows.append(row)
+        console.print(f"  {method:>10} seed {seed} block {s.number}: hit@10 {metrics['hit@10']:.4f} "
+                      f"ndcg@10 {metrics['ndcg@10']:.4f} ({len(s)} users)")
+        self.flush()
+
+    def flush(self) -> None:
+        """Results so far, rewritten atomically after every block: a killed run leaves a readable table."""
+        write_csv(self.rows, self.out / "results.csv")
+        if self.train_log:
+            cols = list(self.train_log[0])
+            lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in self.train_log]
+            write_text(self.out / "training.csv", "\n".join(lines) + "\n")
+
+    # --- one seed ------------------------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        cfg, prep = self.cfg, self.prep
+        methods = [create(n, cfg) for n in prep.methods]
+        adapters = [m for m in methods if isinstance(m, AdapterStrategy)]
+        for m in methods:
+            if isinstance(m, StandaloneMethod):
+                for s in prep.samples:
+                    m.fit_block(prep.index.sid[s.train_targets()], prep.index.n_sids)
+                    ranked = m.rank(len(s), cfg.decode.top_k)
+                    self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
+                    self._row(m.name, seed, s, summarize(ranked, self._targets(s)))
+        if not adapters:
+            return
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        backbone, space = load_backbone(cfg.model, prep.index)
+        model = attach_lora(backbone, cfg.model, space)
+        encs = [{"space": space, **{sp: encode(s, space, sp) for sp in ("train", "valid", "test")}} for s in prep.samples]
+        seed_dir = self.out / f"seed_{seed}"
+
+        # block 0, shared: tiny models learn every weight here (they start from random), LLMs only the adapter
+        s0 = prep.samples[0]
+        full = cfg.train.full_block0 if cfg.train.full_block0 is not None else cfg.model.name == "tiny"
+        adapter_params = {n for n, p in model.named_parameters() if p.requires_grad}
+        if full:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        report0 = self._train(model, None, 0, seed, encs[0], "block0")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in adapter_params)
+        metrics0 = self._eval(model, space, encs[0]["test"], s0, f"seed {seed} block 0 decode", seed_dir / "block_0")
+        if full:
+            with atomic_dir(seed_dir / "base") as tmp:
+                save_base(model, tmp)
+        nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
+        state0 = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        for m in adapters:
+            self._row(m.name, seed, s0, metrics0, report0, nbytes0)
+
+        for m in adapters:
+            set_peft_model_state_dict(model, state0)
+            for t, s in enumerate(prep.samples[1:], start=1):
+                report, nbytes = None, 0
+                block_dir = seed_dir / m.name / f"block_{s.number}"
+                if m.trains:
+                    m.setup_block(model, t)
+                    report = self._train(model, m, t, seed, encs[t], m.name)
+                    m.end_block(model, t)
+                    nbytes = export_block(m.export, model, space, block_dir / "adapter")
+                metrics = self._eval(model, space, encs[t]["test"], s, f"seed {seed} block {t} {m.name} decode", block_dir)
+                self._row(m.name, seed, s, metrics, report, nbytes)
+
+
+def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:
+    """Validate, then run every seed and method; returns the result rows."""
+    prep = prepare(cfg)
+    if out.exists() and not out.is_dir():
+        raise PesoError(str(out), "exists and is not a folder", "choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise PesoError(str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = manifest(cfg, prep, argv or sys.argv)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
+    write_text(out / "manifest.json", json.dumps(info, indent=2))
+    col = info["collisions"]
+    console.print(f"[bold]{prep.name}[/]: {len(prep.index.items)} items, {prep.index.n_sids} semantic IDs "
+                  f"({col['shared_ids']} shared by {col['items_in_shared_ids']} items), blocks "
+                  + ", ".join(f"{k}: {v} users" for k, v in info["blocks"].items()))
+    run_ = Run(cfg, prep, out)
+    start = time.perf_counter()
+    for seed in cfg.seeds:
+        run_.seed(seed)
+    info["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_text(out / "manifest.json", json.dumps(info, indent=2))
+    summary = {
+        "dataset": prep.name, "model": cfg.model.name, "seeds": cfg.seeds,
+        "semantic-ID collisions": f"{col['shared_ids']} IDs shared by {col['items_in_shared_ids']} items "
+                                  "(a generated ID is a hit for any item carrying it)",
+        "wall time": f"{info['wall_seconds']} s",
+    }
+    write_text(out / "results.md", markdown(run_.rows, summary))
+    plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
+    console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))
+    return run_.rows
+

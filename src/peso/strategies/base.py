@@ -1,0 +1,80 @@
+"""The strategy interface and registry.
+
+A method is either an *adapter strategy* (adapts the shared LLM block by block; hooks below, in the spirit
+of PEFT's LoRA variants) or a *standalone* recommender that needs no backbone (e.g. `popular`). Methods are
+registered by name and chosen with `methods: [...]` in the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from peso.config import RunConfig
+from peso.errors import PesoError
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def create(name: str, cfg: RunConfig) -> Method:
+    if name not in REGISTRY:
+        raise PesoError("methods", f"unknown method '{name}'", f"choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](cfg)
+
+
+def save_adapter(model: torch.nn.Module, out_dir: Path) -> int:
+    """The adapter in PEFT's own format (adapter_config.json + adapter_model.safetensors)."""
+    model.save_pretrained(out_dir)
+    return sum(f.stat().st_size for f in out_dir.iterdir() if f.suffix == ".safetensors")
+
+
+class Method:
+    name: ClassVar[str]
+    uses_backbone: ClassVar[bool]
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+
+class AdapterStrategy(Method):
+    """Continual adaptation of one LoRA adapter. Block 0 is shared by all strategies of a seed."""
+
+    uses_backbone = True
+    trains: ClassVar[bool] = True  # False: evaluated with the block-0 model, never updated
+
+    def setup_block(self, model: torch.nn.Module, block: int) -> None:
+        """Before training block `block` (>= 1): take anchors, add modules, etc."""
+
+    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """A term added to the cross-entropy at every step (None: nothing)."""
+        return None
+
+    def end_block(self, model: torch.nn.Module, block: int) -> None:
+        """After the best epoch of block `block` is restored."""
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> int:
+        """Save the adapter state after a block; returns the bytes of its weights."""
+        return save_adapter(model, out_dir)
+
+
+class StandaloneMethod(Method):
+    """A recommender without the LLM: fit on a block's training targets, rank semantic-ID groups."""
+
+    uses_backbone = False
+
+    def fit_block(self, train_sids: np.ndarray, n_sids: int) -> None:
+        raise NotImplementedError
+
+    def rank(self, n_users: int, k: int) -> np.ndarray:
+        """(n_users, k) semantic-ID groups, best first."""
+        raise NotImplementedError

@@ -1,0 +1,47 @@
+"""PESO: one evolving adapter held near its last frozen state by a per-module softmax-KL proximal term.
+
+L = CE + lambda * mean_m [ KL(softmax(vec A_m) || softmax(vec A_m^prev)) + KL(softmax(vec B_m) || softmax(vec B_m^prev)) ]
+with one softmax over all entries of each flattened matrix and prev = the adapter at the end of the last block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from peso.model import lora_layers
+from peso.strategies.base import AdapterStrategy, register
+
+
+def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(vec current) || p_anchor), with log p_anchor given (flattened)."""
+    logp = F.log_softmax(current.reshape(-1).float(), dim=0)
+    return torch.sum(logp.exp() * (logp - anchor_logp))
+
+
+def proximal_term(model: torch.nn.Module, anchors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Mean over adapted modules of KL_A + KL_B against the anchors' log-softmaxes."""
+    terms = [softmax_kl(a, anchors[name][0]) + softmax_kl(b, anchors[name][1]) for name, a, b in lora_layers(model)]
+    return torch.stack(terms).mean()
+
+
+@register
+class Peso(AdapterStrategy):
+    name = "peso"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.lam = cfg.peso.lam
+        self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup_block(self, model: torch.nn.Module, block: int) -> None:
+        # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
+        self.anchors = {
+            name: (F.log_softmax(a.detach().reshape(-1).float(), 0), F.log_softmax(b.detach().reshape(-1).float(), 0))
+            for name, a, b in lora_layers(model)
+        }
+
+    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        if not self.anchors or self.lam == 0:
+            return None
+        return self.lam * proximal_term(model, self.anchors)

@@ -1,0 +1,113 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from peso.config import RunConfig
+from peso.model import lora_layers
+from peso.strategies import create
+from peso.strategies.peso import proximal_term, softmax_kl
+
+
+def _cfg(lam: float) -> RunConfig:
+    return RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": lam}})
+
+
+def _np_kl(cur: np.ndarray, prev: np.ndarray) -> float:
+    p = np.exp(cur.ravel() - cur.max()) / np.exp(cur.ravel() - cur.max()).sum()
+    q = np.exp(prev.ravel() - prev.max()) / np.exp(prev.ravel() - prev.max()).sum()
+    return float(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
+
+
+def test_softmax_kl_matches_hand_computation():
+    cur = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.2]])
+    prev = torch.tensor([[0.1, -0.5, 1.0], [0.2, 0.0, 0.4]])
+    # one softmax over all six entries of the flattened matrix, KL(current || previous)
+    expected = _np_kl(cur.numpy(), prev.numpy())
+    got = softmax_kl(cur, torch.log_softmax(prev.reshape(-1), 0)).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    # direction matters: KL is not symmetric here
+    assert _np_kl(prev.numpy(), cur.numpy()) != pytest.approx(expected, rel=1e-3)
+
+
+def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
+    model, _, _ = tiny_lora
+    strat = create("peso", _cfg(3.0))
+    strat.setup_block(model, 1)
+    anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
+    with torch.no_grad():
+        for _, a, b in lora_layers(model):
+            a.add_(0.3 * torch.randn_like(a))
+            b.add_(0.3 * torch.randn_like(b))
+    by_hand = np.mean(
+        [_np_kl(a.detach().numpy(), anchors[n][0].numpy()) + _np_kl(b.detach().numpy(), anchors[n][1].numpy())
+         for n, a, b in lora_layers(model)]
+    )
+    assert len(lora_layers(model)) == 2 * 7  # q,k,v,o,gate,up,down in each of 2 layers
+    assert strat.extra_loss(model).item() == pytest.approx(3.0 * by_hand, rel=1e-5)
+
+
+def test_term_is_exactly_zero_at_block_start(tiny_lora):
+    model, _, _ = tiny_lora
+    strat = create("peso", _cfg(5.0))
+    strat.setup_block(model, 1)
+    assert strat.extra_loss(model).item() == 0.0
+
+
+def test_no_anchor_no_term_and_lambda_zero_is_single(tiny_lora):
+    model, _, _ = tiny_lora
+    assert create("peso", _cfg(5.0)).extra_loss(model) is None  # block 0: nothing to anchor to
+    zero = create("peso", _cfg(0.0))
+    zero.setup_block(model, 1)
+    assert zero.extra_loss(model) is None  # so training is exactly `single`'s
+
+
+def test_gradient_pulls_toward_the_anchor(tiny_lora):
+    model, _, _ = tiny_lora
+    strat = create("peso", _cfg(1.0))
+    strat.setup_block(model, 1)
+    anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
+    with torch.no_grad():
+        for _, a, b in lora_layers(model):
+            a.add_(0.5 * torch.randn_like(a))
+            b.add_(0.5 * torch.randn_like(b))
+
+    def centred_distance() -> float:
+        # the softmax is blind to a constant shift, so measure the drift with the mean removed
+        total = 0.0
+        for n, a, b in lora_layers(model):
+            for cur, ref in ((a, anchors[n][0]), (b, anchors[n][1])):
+                d = (cur.detach() - ref).reshape(-1)
+                total += float(((d - d.mean()) ** 2).sum())
+        return total
+
+    before, term_before = centred_distance(), strat.extra_loss(model).item()
+    params = [p for _, a, b in lora_layers(model) for p in (a, b)]
+    strat.extra_loss(model).backward()
+    for n, a, b in lora_layers(model):  # descent direction -grad has a positive component toward the anchor
+        for cur, ref in ((a, anchors[n][0]), (b, anchors[n][1])):
+            assert float((-cur.grad * (ref - cur.detach())).sum()) > 0
+    # entries get gradients of order p = 1/N, divided by the module count: a step size of that order back
+    opt = torch.optim.SGD(params, lr=2000.0)
+    for _ in range(20):
+        opt.zero_grad()
+        strat.extra_loss(model).backward()
+        opt.step()
+    assert strat.extra_loss(model).item() < 0.5 * term_before
+    assert centred_distance() < before
+
+
+def test_proximal_term_small_delta_is_half_weighted_variance(tiny_lora):
+    # METHOD.md: KL ~ 1/2 Var_p(delta), p = softmax(v_prev), for small delta
+    model, _, _ = tiny_lora
+    strat = create("peso", _cfg(1.0))
+    strat.setup_block(model, 1)
+    _, a, _ = lora_layers(model)[0]
+    prev = a.detach().clone().reshape(-1)
+    delta = 1e-2 * torch.randn_like(prev)
+    p = torch.softmax(prev.double(), 0)
+    var = float((p * delta.double() ** 2).sum() - (p * delta.double()).sum() ** 2)
+    kl = softmax_kl(prev + delta, torch.log_softmax(prev, 0)).item()
+    assert kl == pytest.approx(0.5 * var, rel=2e-2)
+    assert proximal_term(model, strat.anchors).item() == 0.0

@@ -1,0 +1,43 @@
+import numpy as np
+import torch
+
+from peso.decode import beam_search_batch, brute_force_scores, recommend
+from peso.tokenize.trie import Trie
+
+
+def test_beam_search_equals_brute_force_when_the_beam_covers_every_id(tiny_lora):
+    model, space, index = tiny_lora
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(1)
+    prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 8)))) for _ in range(6)]
+    k = 10
+    sids, scores = beam_search_batch(model, prompts, space, trie, beam=index.n_sids, top_k=k)
+    for r, prompt in enumerate(prompts):
+        exact = brute_force_scores(model, prompt, space, index.sid_codes)
+        best = torch.topk(exact, k)
+        assert sids[r].tolist() == best.indices.tolist()  # same items, same order
+        assert torch.allclose(scores[r], best.values, atol=1e-4)
+
+
+def test_beam_never_emits_a_nonexistent_item_and_finds_high_scoring_ids(tiny_lora):
+    model, space, index = tiny_lora
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(2)
+    prompts = [space.prompt(rng.integers(0, len(index.items), 5)) for _ in range(8)]
+    ranked = recommend(model, prompts, space, trie, beam=4, top_k=4, batch_size=3)
+    assert ranked.shape == (8, 4)
+    assert ((ranked >= 0) & (ranked < index.n_sids)).all()  # every generated ID is a real item's
+    assert all(len(set(row)) == len(row) for row in ranked.tolist())  # no duplicates
+    # batching and ordering by length must not change a user's list
+    alone = [recommend(model, [p], space, trie, beam=4, top_k=4, batch_size=1)[0] for p in prompts]
+    assert np.array_equal(np.stack(alone), ranked)
+
+
+def test_fewer_ids_than_top_k_pads_with_minus_one(tiny_lora):
+    model, space, index = tiny_lora
+    codes = index.sid_codes[:3]  # a trie with only three valid IDs
+    trie = Trie(codes, index.level_sizes)
+    sids, scores = beam_search_batch(model, [space.prompt(np.array([0, 1]))], space, trie, beam=5, top_k=5)
+    assert sorted(sids[0, :3].tolist()) == [0, 1, 2]
+    assert sids[0, 3:].tolist() == [-1, -1]
+    assert torch.isinf(scores[0, 3:]).all()
