@@ -39,7 +39,7 @@ from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
 from peso.train import Encoded, encode, train_block
 
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)  # logs keep whole table rows
 
 
 @dataclass
