@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -284,12 +285,13 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
     for seed in cfg.seeds:
         run_.seed(seed)
     info["wall_seconds"] = round(time.perf_counter() - start, 1)
+    info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     summary = {
         "dataset": prep.name, "model": cfg.model.name, "seeds": cfg.seeds,
         "semantic-ID collisions": f"{col['shared_ids']} IDs shared by {col['items_in_shared_ids']} items "
                                   "(a generated ID is a hit for any item carrying it)",
-        "wall time": f"{info['wall_seconds']} s",
+        "wall time": f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB",
     }
     write_text(out / "results.md", markdown(run_.rows, summary))
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")

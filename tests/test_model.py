@@ -1,0 +1,82 @@
+"""The model stage: tiny and local Hugging Face checkpoints, item tokens, prompt, LoRA + item rows."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from peso.cli import main
+from peso.config import ModelConfig
+from peso.model import attach_lora, load_backbone
+from tests.conftest import CDS, small_index
+
+
+@pytest.fixture(scope="module")
+def local_checkpoint(tmp_path_factory):
+    """A small untied Llama with a word-level tokenizer, saved as a normal HF folder (a stand-in LLM)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    words = ["[UNK]", "<s>", "</s>", "###", "Instruction:", "Response:", "The", "user", "has", "interacted", "with",
+             "items", "in", "chronological", "order.", "Can", "you", "predict", "the", "next", "possible", "item",
+             "that", "may", "expect?", ","]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_tiny_puts_item_tokens_after_the_specials_and_trains_their_rows():
+    index = small_index()
+    cfg = ModelConfig.model_validate({"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}})
+    backbone, space = load_backbone(cfg, index)
+    assert backbone.config.vocab_size == 3 + sum(index.level_sizes)
+    assert space.level_offsets == [3, 3 + index.level_sizes[0], 3 + sum(index.level_sizes[:2])]
+    assert space.prompt(np.array([0, 1])) == [1, *space.item_tokens(0), *space.item_tokens(1)]  # bare tokens
+    assert space.target(5) == space.item_tokens(5)  # no EOS without a prompt
+    model = attach_lora(backbone, cfg, space)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sum("lora_A" in n for n in trainable) == 7  # q,k,v,o,gate,up,down of the one layer
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    assert not any("base_layer" in n or n.endswith("embed_tokens.weight") for n in trainable)
+
+
+def test_local_checkpoint_gets_the_instruction_prompt_and_untied_item_rows(local_checkpoint):
+    index = small_index()
+    cfg = ModelConfig.model_validate({"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj", "v_proj"]}})
+    backbone, space = load_backbone(cfg, index)
+    n_words = 26
+    assert space.level_offsets[0] == n_words  # item tokens appended to the tokenizer, contiguous
+    assert backbone.get_input_embeddings().weight.shape[0] == n_words + sum(index.level_sizes)
+    prompt = space.prompt(np.array([3, 4]))
+    assert prompt[0] == 1 and 0 not in prompt  # BOS, and every instruction word known
+    assert space.target(3)[-1] == 2  # the response ends with EOS
+    model = attach_lora(backbone, cfg, space)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    # untied: both the input embedding and the output layer get trainable item rows
+    assert any("embed_tokens" in n and "delta" in n for n in names) and any("lm_head" in n and "delta" in n for n in names)
+
+
+def test_peso_run_on_a_local_checkpoint(local_checkpoint, tmp_path):
+    cfg = {
+        "data": {"path": str(CDS), "max_users": 8, "blocks": [0, 1]},
+        "model": {"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj", "v_proj"]}},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
+        "decode": {"beam": 10, "top_k": 10, "batch_size": 8},
+        "methods": ["peso", "single"],
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
+    assert {(r["method"], r["block"]) for r in rows} == {("peso", "0"), ("peso", "1"), ("single", "0"), ("single", "1")}
+    assert not (tmp_path / "run" / "seed_0" / "base").exists()  # a pretrained backbone is not trained or copied
+    assert (tmp_path / "run" / "seed_0" / "peso" / "block_1" / "adapter" / "adapter_model.safetensors").is_file()
