@@ -93,9 +93,28 @@ def test_saved_adapter_reloads_through_peft_and_recommends_the_same(small_run):
     ranked = recommend(model, enc.prompts, space, prep.trie, cfg.decode.beam, cfg.decode.top_k, 8)
     saved = list(csv.DictReader((out / "seed_0" / "peso" / "block_1" / "recommendations.csv").open()))
     assert [r["user"] for r in saved] == samples.users
+    assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]
+    assert np.all(ranked >= 0)
+
+
+def _as_text(prep, ranked):
+    """Ranked semantic-ID groups written as recommendations.csv writes them."""
     groups = {}
     for item, g in zip(prep.index.items, prep.index.sid.tolist(), strict=True):
         groups.setdefault(g, []).append(item)
-    again = [" ".join("|".join(groups[g]) for g in row if g >= 0) for row in ranked]
-    assert again == [r["recommendations"] for r in saved]
-    assert np.all(ranked >= 0)
+    return [" ".join("|".join(groups[g]) for g in row if g >= 0) for row in ranked]
+
+
+def test_frozen_is_the_block0_model_after_other_methods_ran(small_run):
+    # frozen runs after peso and single on the same in-memory model: the block-0 state must be restored exactly
+    cfg_path, out = small_run
+    cfg = load_config(cfg_path)
+    prep = prepare(cfg)
+    _, space = load_backbone(cfg.model, prep.index)
+    base = AutoModelForCausalLM.from_pretrained(out / "seed_0" / "base")
+    model = PeftModel.from_pretrained(base, out / "seed_0" / "block_0" / "adapter").eval()
+    for t in (1, 2):
+        enc = encode(prep.samples[t], space, "test")
+        ranked = recommend(model, enc.prompts, space, prep.trie, cfg.decode.beam, cfg.decode.top_k, 8)
+        saved = list(csv.DictReader((out / "seed_0" / "frozen" / f"block_{t}" / "recommendations.csv").open()))
+        assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]

@@ -7,6 +7,8 @@ and every file in RUN_DIR is written atomically.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import platform
 import resource
@@ -162,12 +164,13 @@ class Run:
 
     def _save_recs(self, s: BlockSamples, ranked: np.ndarray, out_dir: Path) -> None:
         """user, test target, top-k list (items sharing a semantic ID joined by '|')."""
-        index = self.prep.index
-        lines = ["user,target,recommendations"]
+        index, buf = self.prep.index, io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["user", "target", "recommendations"])
         for u, row in enumerate(ranked):
             recs = " ".join(self.sid_items[g] for g in row if g >= 0)
-            lines.append(f"{s.users[u]},{index.items[s.target(u, s.test_position(u))]},{recs}")
-        write_text(out_dir / "recommendations.csv", "\n".join(lines) + "\n")
+            w.writerow([s.users[u], index.items[s.target(u, s.test_position(u))], recs])
+        write_text(out_dir / "recommendations.csv", buf.getvalue())
 
     def _train(self, model, strategy: AdapterStrategy | None, t: int, seed: int, enc, label: str):
         tc = self.cfg.train
