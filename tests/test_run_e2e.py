@@ -90,7 +90,7 @@ def test_saved_adapter_reloads_through_peft_and_recommends_the_same(small_run):
     model.eval()
     samples = prep.samples[1]
     enc = encode(samples, space, "test")
-    ranked = recommend(model, enc.prompts, space, prep.trie, cfg.decode.beam, cfg.decode.top_k, 8)
+    ranked = recommend(model, enc.prompts, space, prep.tries[1], cfg.decode.beam, cfg.decode.top_k, 8)
     saved = list(csv.DictReader((out / "seed_0" / "peso" / "block_1" / "recommendations.csv").open()))
     assert [r["user"] for r in saved] == samples.users
     assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]
@@ -115,6 +115,16 @@ def test_frozen_is_the_block0_model_after_other_methods_ran(small_run):
     model = PeftModel.from_pretrained(base, out / "seed_0" / "block_0" / "adapter").eval()
     for t in (1, 2):
         enc = encode(prep.samples[t], space, "test")
-        ranked = recommend(model, enc.prompts, space, prep.trie, cfg.decode.beam, cfg.decode.top_k, 8)
+        ranked = recommend(model, enc.prompts, space, prep.tries[t], cfg.decode.beam, cfg.decode.top_k, 8)
         saved = list(csv.DictReader((out / "seed_0" / "frozen" / f"block_{t}" / "recommendations.csv").open()))
         assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]
+
+
+def test_the_catalogue_grows_block_by_block(small_run):
+    cfg_path, _ = small_run
+    prep = prepare(load_config(cfg_path))
+    known = [set(trie.child_val[-1].tolist()) for trie in prep.tries]
+    assert known[0] < known[1] < known[2] <= set(range(prep.index.n_sids))
+    for t, s in enumerate(prep.samples):  # every test target can be generated in its block
+        targets = prep.index.sid[[s.target(u, s.test_position(u)) for u in range(len(s))]]
+        assert set(targets.tolist()) <= known[t]

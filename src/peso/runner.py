@@ -28,7 +28,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from peso.config import RunConfig
-from peso.data.release import read_release
+from peso.data.load import read_blocks
 from peso.data.samples import BlockSamples, build_samples
 from peso.decode import recommend
 from peso.errors import PesoError
@@ -51,7 +51,7 @@ class Prepared:
 
     name: str
     index: ItemIndex
-    trie: Trie
+    tries: list[Trie]  # per block: the IDs of the items seen up to that block (the catalogue grows)
     samples: list[BlockSamples]
     methods: list[str]
 
@@ -69,17 +69,21 @@ def prepare(cfg: RunConfig) -> Prepared:
                 "model.name", f"'{cfg.model.name}' is not 'tiny', a local checkpoint folder, or a cached hub model",
                 "use model.name=tiny or the path of a Hugging Face checkpoint",
             ) from None
-    data = read_release(cfg.data.path, cfg.data.blocks)
+    data = read_blocks(cfg.data.path, cfg.data.blocks)  # DATA_DIR or release folder
     index = ItemIndex.from_tokens(data.index, data.index_source)
     ids = index.item_ids()
-    samples = []
+    samples, tries, seen = [], [], np.zeros(len(index.items), dtype=bool)
     for block in data.blocks:
+        for items in (*block.previous, *block.current):
+            seen[[ids[i] for i in items]] = True
+        known = np.unique(index.sid[seen])
+        tries.append(Trie(index.sid_codes[known], index.level_sizes, known))
         s = build_samples(block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users)
         if len(s) == 0:
             raise PesoError(block.source, f"block {block.number} has no user with >= {cfg.data.min_items} items",
                             "lower data.min_items or merge blocks")
         samples.append(s)
-    return Prepared(data.name, index, Trie(index.sid_codes, index.level_sizes), samples, list(cfg.methods))
+    return Prepared(data.name, index, tries, samples, list(cfg.methods))
 
 
 def _git_commit() -> str | None:
@@ -156,9 +160,9 @@ class Run:
     def _targets(self, s: BlockSamples) -> np.ndarray:
         return self.prep.index.sid[[s.target(u, s.test_position(u)) for u in range(len(s))]]
 
-    def _eval(self, model, space, enc: Encoded, s: BlockSamples, desc: str, out_dir: Path) -> dict[str, float]:
-        d = self.cfg.decode
-        ranked = recommend(model, enc.prompts, space, self.prep.trie, d.beam, d.top_k, d.batch_size, desc=desc)
+    def _eval(self, model, space, enc: Encoded, t: int, desc: str, out_dir: Path) -> dict[str, float]:
+        d, s = self.cfg.decode, self.prep.samples[t]
+        ranked = recommend(model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc=desc)
         self._save_recs(s, ranked, out_dir)
         return summarize(ranked, self._targets(s))
 
@@ -241,7 +245,7 @@ class Run:
         report0 = self._train(model, None, 0, seed, encs[0], "block0")
         for n, p in model.named_parameters():
             p.requires_grad_(n in adapter_params)
-        metrics0 = self._eval(model, space, encs[0]["test"], s0, f"seed {seed} block 0 decode", seed_dir / "block_0")
+        metrics0 = self._eval(model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0")
         if full:
             with atomic_dir(seed_dir / "base") as tmp:
                 save_base(model, tmp)
@@ -260,7 +264,7 @@ class Run:
                     report = self._train(model, m, t, seed, encs[t], m.name)
                     m.end_block(model, t)
                     nbytes = export_block(m.export, model, space, block_dir / "adapter")
-                metrics = self._eval(model, space, encs[t]["test"], s, f"seed {seed} block {t} {m.name} decode", block_dir)
+                metrics = self._eval(model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir)
                 self._row(m.name, seed, s, metrics, report, nbytes)
 
 

@@ -187,3 +187,13 @@ def test_step_beyond_the_largest_key_is_absent():
     n2 = trie.step(1, n, torch.tensor([1]))
     assert trie.step(2, n2, torch.tensor([4])).item() == -1
     assert trie.step(2, n2, torch.tensor([2])).item() == 1
+
+
+def test_trie_over_a_subset_keeps_global_ids():
+    codes = np.array([[0, 1], [1, 0], [1, 2], [2, 2]])
+    keep = np.array([1, 3])
+    trie = Trie(codes[keep], [3, 3], keep)
+    assert trie.mask(0, torch.tensor([0]))[0].tolist() == [False, True, True]
+    node = trie.step(0, torch.tensor([0, 0]), torch.tensor([1, 2]))
+    leaf = trie.step(1, node, torch.tensor([0, 2]))
+    assert leaf.tolist() == [1, 3]  # global ids, not positions in the subset

@@ -13,7 +13,9 @@ import torch
 
 
 class Trie:
-    def __init__(self, sid_codes: np.ndarray, level_sizes: list[int]) -> None:
+    def __init__(self, sid_codes: np.ndarray, level_sizes: list[int], sids: np.ndarray | None = None) -> None:
+        """`sid_codes[i]` is the ID of group `sids[i]` (default i): a trie over a subset keeps global ids."""
+        sids = np.arange(len(sid_codes)) if sids is None else np.asarray(sids, dtype=np.int64)
         self.levels = sid_codes.shape[1]
         self.level_sizes = list(level_sizes)
         self.allowed: list[torch.Tensor] = []
@@ -25,7 +27,7 @@ class Trie:
             size = self.level_sizes[d]
             key = node * size + sid_codes[:, d]
             if d == self.levels - 1:
-                uniq, inv = key, np.arange(len(key))  # last level: the child is the sid itself
+                uniq, inv = key, sids  # last level: the child is the sid itself
                 order = np.argsort(uniq, kind="stable")
                 uniq, vals = uniq[order], inv[order]
             else:
