@@ -58,6 +58,21 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    from peso.tokenize.build import tokenize
+
+    r = tokenize(args.data_dir, args.method, encoder=args.encoder, index_file=args.index, levels=args.levels,
+                 codes=args.codes, dim=args.dim, seed=args.seed)
+    print(f"{r['items']:,} items tokenized ({r['method']}) in {r['seconds']} s; new items per block: "
+          + ", ".join(f"{b}: {n:,}" for b, n in r["new_items_per_block"].items()))
+    if "collision_rate_before_dedup" in r:
+        usage = ", ".join(f"{u:.0%}" for u in r["codebook_usage"])
+        print(f"collision rate before de-duplication: {r['collision_rate_before_dedup']:.2%} of items; "
+              f"codebook usage per level: {usage}; de-duplication codes used: {r['dedup_codes_used']}")
+    print(f"index: {Path(args.data_dir) / 'index.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peso", description="Continual LoRA adaptation of generative recommenders.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR / export folder")
     p.add_argument("--export-release", metavar="FOLDER", help="also write the blocks in the release JSON format")
     p.set_defaults(func=_cmd_prepare)
+
+    k = sub.add_parser("tokenize", help="give every item of a DATA_DIR its semantic-ID tokens (index.json)")
+    k.add_argument("data_dir", metavar="DATA_DIR", help="a folder written by `peso prepare`")
+    k.add_argument("--method", default="text", choices=["text", "collab", "atomic", "import"],
+                   help="text: title/description embeddings; collab: base-block interactions; atomic: one token "
+                        "per item; import: a released index (default: text)")
+    k.add_argument("--encoder", help="sentence-transformers or HF encoder folder (default: packaged MiniLM)")
+    k.add_argument("--index", help="index JSON file for --method import")
+    k.add_argument("--levels", type=int, default=3, help="residual k-means levels before de-duplication (3)")
+    k.add_argument("--codes", type=int, default=256, help="codes per level (256)")
+    k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(func=_cmd_tokenize)
     return parser
 
 

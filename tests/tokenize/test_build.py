@@ -82,3 +82,30 @@ def test_text_method_embeds_titles_with_the_packaged_minilm(tmp_path):
     # near-synonyms share their first-level code more often than not: the codes carry meaning
     same = [index[f"i{a}"][0] == index[f"i{b}"][0] for a, b in ((0, 1), (2, 3), (6, 7), (8, 9))]
     assert sum(same) >= 3
+
+
+def test_cli_tokenize_then_bad_inputs_exit_2(data_dir, tmp_path, capsys):
+    from peso.cli import main
+
+    assert main(["tokenize", str(data_dir), "--method", "collab", "--levels", "2", "--codes", "4", "--dim", "8"]) == 0
+    assert "collision rate before de-duplication" in capsys.readouterr().out
+    for argv in (["tokenize", str(tmp_path / "nowhere")],
+                 ["tokenize", str(data_dir), "--method", "import"],
+                 ["tokenize", str(data_dir), "--method", "collab", "--codes", "1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("peso: error:")
+
+
+def test_tokenized_data_dir_runs(data_dir, tmp_path):
+    import yaml
+
+    from peso.cli import main
+
+    tokenize(data_dir, "collab", levels=2, codes=4, dim=8)
+    cfg = {"data": {"path": str(data_dir)}, "model": {"tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+           "train": {"epochs": 1, "batch_size": 32}, "decode": {"beam": 10}, "methods": ["peso", "popular"]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "results.csv").read_text().count("\n") == 1 + 2 * 5
