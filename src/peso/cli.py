@@ -62,7 +62,7 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     from peso.tokenize.build import tokenize
 
     r = tokenize(args.data_dir, args.method, encoder=args.encoder, index_file=args.index, levels=args.levels,
-                 codes=args.codes, dim=args.dim, seed=args.seed)
+                 codes=args.codes, dim=args.dim, seed=args.seed, quantizer=args.quantizer)
     print(f"{r['items']:,} items tokenized ({r['method']}) in {r['seconds']} s; new items per block: "
           + ", ".join(f"{b}: {n:,}" for b, n in r["new_items_per_block"].items()))
     if "collision_rate_before_dedup" in r:
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "per item; import: a released index (default: text)")
     k.add_argument("--encoder", help="sentence-transformers or HF encoder folder (default: packaged MiniLM)")
     k.add_argument("--index", help="index JSON file for --method import")
+    k.add_argument("--quantizer", default="rkmeans", choices=["rkmeans", "rqvae"],
+                   help="residual k-means (default) or RQ-VAE (TIGER / LC-Rec style)")
     k.add_argument("--levels", type=int, default=3, help="residual k-means levels before de-duplication (3)")
     k.add_argument("--codes", type=int, default=256, help="codes per level (256)")
     k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")

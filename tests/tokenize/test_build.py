@@ -109,3 +109,9 @@ def test_tokenized_data_dir_runs(data_dir, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "results.csv").read_text().count("\n") == 1 + 2 * 5
+
+
+def test_rqvae_quantizer_through_tokenize(data_dir):
+    report = tokenize(data_dir, "collab", levels=2, codes=4, dim=8, quantizer="rqvae")
+    index = json.loads((data_dir / "index.json").read_text())
+    assert report["quantizer"] == "rqvae" and len({tuple(v) for v in index.values()}) == len(index)

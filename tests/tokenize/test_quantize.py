@@ -65,3 +65,17 @@ def test_reports():
     assert collision_rate(prefixes) == pytest.approx(0.5)
     assert codebook_usage(prefixes, [8, 6]) == [3 / 8, 3 / 6]
     assert tokens_of(np.array([[12, 3, 0]])) == [["<a_12>", "<b_3>", "<c_0>"]]
+
+
+def test_rqvae_learns_and_gives_stable_distinct_ids():
+    from peso.tokenize.rqvae import RQVAE
+
+    x = _clustered(300, dim=16)
+    first_block = np.repeat([0, 1, 2], 100)
+    full, model = semantic_ids(x, first_block, levels=2, codes=8, seed=1, quantizer="rqvae")
+    assert model.history[-1] < 0.5 * model.history[0]  # reconstruction improves
+    assert len({tuple(r) for r in full}) == len(full)
+    assert np.array_equal(model.encode(x), full[:, :-1])  # the stored codes are the encoder's
+    partial, _ = semantic_ids(x[:200], first_block[:200], levels=2, codes=8, seed=1, quantizer="rqvae")
+    assert np.array_equal(partial, full[:200])  # old items keep their IDs when block 2 arrives
+    assert isinstance(model, RQVAE)

@@ -83,7 +83,9 @@ def _collab_embeddings(df: pl.DataFrame, items: list[str], first_block: np.ndarr
         li = np.array([item_id[i] for i in later["item"].to_list()])
         folded = model.fold_in(lu, li, len(items))
         emb[~is_base] = folded[~is_base]
-    return emb
+    # unit length, as text embeddings: rarely chosen items have tiny factors and would all share the code
+    # nearest the origin; direction is what says which items are alike
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def tokenize(
@@ -95,11 +97,14 @@ def tokenize(
     codes: int = 256,
     dim: int = 64,
     seed: int = 0,
+    quantizer: str = "rkmeans",
 ) -> dict:
     """Write DATA_DIR/index.json for every item; returns the report also saved in tokenizer.json."""
     data_dir = Path(data_dir)
     if method not in METHODS:
         raise PesoError("--method", f"unknown method '{method}'", f"choose from {', '.join(METHODS)}")
+    if quantizer not in ("rkmeans", "rqvae"):
+        raise PesoError("--quantizer", f"unknown quantizer '{quantizer}'", "choose rkmeans or rqvae")
     if levels < 1 or codes < 2:
         raise PesoError("--levels/--codes", f"levels={levels}, codes={codes}", "use levels >= 1 and codes >= 2")
     if not (data_dir / INTERACTIONS).is_file():
@@ -129,22 +134,24 @@ def tokenize(
             emb = np.asarray(_embed_text(_texts(data_dir, items), encoder), dtype=np.float64)
         else:
             emb = _collab_embeddings(df, items, first_block, dim, seed)
-        full, rq = semantic_ids(emb, first_block, levels, codes, seed)
-        books = rq.codebooks
+        full, rq = semantic_ids(emb, first_block, levels, codes, seed, quantizer)
+        books = rq.state_dict() if quantizer == "rqvae" else {f"level_{k}": b for k, b in enumerate(rq.codebooks)}
         prefixes = full[:, :-1]
         is_base = first_block == first_block.min()
         report.update({
-            "levels": levels, "codes": codes, "embedding_dim": int(emb.shape[1]),
+            "quantizer": quantizer, "levels": levels, "codes": codes, "embedding_dim": int(emb.shape[1]),
             "collision_rate_before_dedup": collision_rate(prefixes),
             "collision_rate_before_dedup_base": collision_rate(prefixes[is_base]),
-            "codebook_usage": codebook_usage(prefixes, [len(b) for b in books]),
+            "codebook_usage": codebook_usage(prefixes, [len(b) for b in rq.codebooks]),
             "dedup_codes_used": int(full[:, -1].max()) + 1,
         })
         tokens = tokens_of(full)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    if books is not None:
+    if books is not None:  # the frozen quantiser, to encode items that arrive later
+        tensors = {k: torch.as_tensor(np.asarray(v.detach() if hasattr(v, "detach") else v), dtype=torch.float32)
+                   for k, v in books.items()}
         with atomic_file(data_dir / "codebooks.safetensors") as tmp:
-            save_file({f"level_{k}": torch.from_numpy(b.astype(np.float32)) for k, b in enumerate(books)}, str(tmp))
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     write_text(data_dir / "tokenizer.json", json.dumps(report, indent=2))
     write_text(data_dir / INDEX, json.dumps(dict(zip(items, tokens, strict=True))))
     return report

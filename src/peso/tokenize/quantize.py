@@ -87,13 +87,19 @@ def tokens_of(codes: np.ndarray) -> list[list[str]]:
 
 
 def semantic_ids(
-    embeddings: np.ndarray, first_block: np.ndarray, levels: int = 3, codes: int = 256, seed: int = 0
-) -> tuple[np.ndarray, ResidualKMeans]:
-    """(n_items, levels + 1) codes. Codebooks are fitted on the items of the first block only; the
-    de-duplication level numbers items in arrival order (block, then input order), which is what assigning
-    each later block's new items against the frozen codebooks gives, one block at a time."""
+    embeddings: np.ndarray, first_block: np.ndarray, levels: int = 3, codes: int = 256, seed: int = 0,
+    quantizer: str = "rkmeans",
+):
+    """(n_items, levels + 1) codes and the fitted quantiser. Codebooks are fitted on the items of the first
+    block only; the de-duplication level numbers items in arrival order (block, then input order), which is
+    what assigning each later block's new items against the frozen codebooks gives, one block at a time."""
     base = first_block == first_block.min()
-    rq = ResidualKMeans.fit(embeddings[base], levels, codes, seed)
+    if quantizer == "rqvae":
+        from peso.tokenize.rqvae import RQVAE
+
+        rq = RQVAE.fit(embeddings[base], levels, codes, seed)
+    else:
+        rq = ResidualKMeans.fit(embeddings[base], levels, codes, seed)
     prefixes = rq.encode(embeddings)
     order = np.lexsort((np.arange(len(first_block)), first_block))
     last = np.empty(len(first_block), dtype=np.int64)
