@@ -23,7 +23,10 @@ def main(inter: str, out: str, base_fraction: float = 0.6, blocks: int = 5, min_
         reader = csv.reader(f, delimiter="\t")
         header = next(reader)
         col = {name.split(":")[0]: i for i, name in enumerate(header)}
-        rows = [(float(r[col["timestamp"]]), k, r[col["user_id"]], r[col["item_id"]]) for k, r in enumerate(reader)]
+        rows = [
+            (float(r[col["timestamp"]]), k, r[col["user_id"]], r[col["item_id"]])
+            for k, r in enumerate(reader)
+        ]
     rows.sort()  # by time, file order among equal timestamps
     seen, events = set(), []
     for _, _, user, item in rows:  # a repeated user-item pair keeps its first time
@@ -41,8 +44,11 @@ def main(inter: str, out: str, base_fraction: float = 0.6, blocks: int = 5, min_
         current: dict[str, list[str]] = defaultdict(list)
         for user, item in events[cut[t] : cut[t + 1]]:
             current[user].append(item)
-        block = {u: {"previous_block": list(history[u]), "current_block": items}
-                 for u, items in current.items() if len(items) >= min_items}
+        block = {
+            u: {"previous_block": list(history[u]), "current_block": items}
+            for u, items in current.items()
+            if len(items) >= min_items
+        }
         with gzip.open(out_dir / f"ml-100k.all.block_{t}.json.gz", "wt") as f:
             json.dump(block, f, separators=(",", ":"))
         print(f"block {t}: {cut[t + 1] - cut[t]} interactions, {len(block)} users with >= {min_items} items")

@@ -39,7 +39,9 @@ def tiny_lora():
     """A randomly initialised tiny Llama with LoRA over `small_index()`, adapter B randomised (not zero)."""
     torch.manual_seed(0)
     index = small_index()
-    cfg = ModelConfig.model_validate({"name": "tiny", "tiny": {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64}})
+    cfg = ModelConfig.model_validate(
+        {"name": "tiny", "tiny": {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64}}
+    )
     backbone, space = load_backbone(cfg, index)
     model = attach_lora(backbone, cfg, space)
     with torch.no_grad():

@@ -181,7 +181,8 @@ def test_model_folder_that_is_not_a_checkpoint(tmp_path, capsys, good_data):
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
     out = tmp_path / "out"
-    code, err = run_cli(capsys, write_config(tmp_path, good_data), out,
-                        f"model.name={not_a_model}", "methods=[single]")
+    code, err = run_cli(
+        capsys, write_config(tmp_path, good_data), out, f"model.name={not_a_model}", "methods=[single]"
+    )
     assert_one_error_line(code, err, "model.name", str(not_a_model))
     assert not out.exists()

@@ -88,10 +88,18 @@ def test_defaults_from_a_minimal_config(tmp_path, data_dir):
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path, data_dir):
-    cfg = load_config(minimal(tmp_path, data_dir), [
-        "train.lr=1e-3", "methods=[peso,single]", "train.epochs=3", "data.max_users=null",
-        "model.tiny.hidden=64", "seeds=[3, 4]", "train.grad_clip=null",
-    ])
+    cfg = load_config(
+        minimal(tmp_path, data_dir),
+        [
+            "train.lr=1e-3",
+            "methods=[peso,single]",
+            "train.epochs=3",
+            "data.max_users=null",
+            "model.tiny.hidden=64",
+            "seeds=[3, 4]",
+            "train.grad_clip=null",
+        ],
+    )
     assert isinstance(cfg.train.lr, float)
     assert cfg.train.lr == pytest.approx(1e-3)
     assert cfg.methods == ["peso", "single"]
@@ -133,17 +141,20 @@ def test_unknown_section(tmp_path, data_dir):
     assert "trian" in error_of(minimal(tmp_path, data_dir), ["trian.lr=1"])
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.lr=-1", "train.lr"),
-    ("train.lr=0", "train.lr"),
-    ("train.epochs=0", "train.epochs"),
-    ("data.history=0", "data.history"),
-    ("data.min_items=2", "data.min_items"),
-    ("model.lora.dropout=1", "model.lora.dropout"),
-    ("train.lr=fast", "train.lr"),
-    ("model.dtype=float16", "model.dtype"),
-    ("threads=0", "threads"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.history=0", "data.history"),
+        ("data.min_items=2", "data.min_items"),
+        ("model.lora.dropout=1", "model.lora.dropout"),
+        ("train.lr=fast", "train.lr"),
+        ("model.dtype=float16", "model.dtype"),
+        ("threads=0", "threads"),
+    ],
+)
 def test_out_of_range_values(tmp_path, data_dir, override, field):
     assert f"{field}:" in error_of(minimal(tmp_path, data_dir), [override])
 

@@ -8,13 +8,15 @@ import pytest
 from peso.metrics import METRICS, per_user, summarize, target_ranks
 
 # five users, top-10 lists; target 100 at rank 1, 3, 7, absent, and 2 in a list padded with -1
-RANKED = np.array([
-    [100, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    [1, 2, 100, 3, 4, 5, 6, 7, 8, 9],
-    [1, 2, 3, 4, 5, 6, 100, 7, 8, 9],
-    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-    [5, 100, -1, -1, -1, -1, -1, -1, -1, -1],
-])
+RANKED = np.array(
+    [
+        [100, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 100, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 5, 6, 100, 7, 8, 9],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        [5, 100, -1, -1, -1, -1, -1, -1, -1, -1],
+    ]
+)
 TARGETS = np.array([100, 100, 100, 100, 100])
 
 EXPECTED = {  # per user, by hand: ndcg = 1 / log2(rank + 1)

@@ -19,24 +19,59 @@ from tests.conftest import CDS, small_index
 def local_checkpoint(tmp_path_factory):
     """A small untied Llama with a word-level tokenizer, saved as a normal HF folder (a stand-in LLM)."""
     folder = tmp_path_factory.mktemp("ckpt")
-    words = ["[UNK]", "<s>", "</s>", "###", "Instruction:", "Response:", "The", "user", "has", "interacted", "with",
-             "items", "in", "chronological", "order.", "Can", "you", "predict", "the", "next", "possible", "item",
-             "that", "may", "expect?", ","]
+    words = [
+        "[UNK]",
+        "<s>",
+        "</s>",
+        "###",
+        "Instruction:",
+        "Response:",
+        "The",
+        "user",
+        "has",
+        "interacted",
+        "with",
+        "items",
+        "in",
+        "chronological",
+        "order.",
+        "Can",
+        "you",
+        "predict",
+        "the",
+        "next",
+        "possible",
+        "item",
+        "that",
+        "may",
+        "expect?",
+        ",",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
 
 
 def test_tiny_puts_item_tokens_after_the_specials_and_trains_their_rows():
     index = small_index()
-    cfg = ModelConfig.model_validate({"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}})
+    cfg = ModelConfig.model_validate(
+        {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}}
+    )
     backbone, space = load_backbone(cfg, index)
     assert backbone.config.vocab_size == 3 + sum(index.level_sizes)
     assert space.level_offsets == [3, 3 + index.level_sizes[0], 3 + sum(index.level_sizes[:2])]
@@ -51,7 +86,9 @@ def test_tiny_puts_item_tokens_after_the_specials_and_trains_their_rows():
 
 def test_local_checkpoint_gets_the_instruction_prompt_and_untied_item_rows(local_checkpoint):
     index = small_index()
-    cfg = ModelConfig.model_validate({"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj", "v_proj"]}})
+    cfg = ModelConfig.model_validate(
+        {"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj", "v_proj"]}}
+    )
     backbone, space = load_backbone(cfg, index)
     n_words = 26
     assert space.level_offsets[0] == n_words  # item tokens appended to the tokenizer, contiguous
@@ -62,7 +99,9 @@ def test_local_checkpoint_gets_the_instruction_prompt_and_untied_item_rows(local
     model = attach_lora(backbone, cfg, space)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     # untied: both the input embedding and the output layer get trainable item rows
-    assert any("embed_tokens" in n and "delta" in n for n in names) and any("lm_head" in n and "delta" in n for n in names)
+    assert any("embed_tokens" in n and "delta" in n for n in names) and any(
+        "lm_head" in n and "delta" in n for n in names
+    )
 
 
 def test_peso_run_on_a_local_checkpoint(local_checkpoint, tmp_path):
@@ -77,6 +116,15 @@ def test_peso_run_on_a_local_checkpoint(local_checkpoint, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0
     rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
-    assert {(r["method"], r["block"]) for r in rows} == {("peso", "0"), ("peso", "1"), ("single", "0"), ("single", "1")}
-    assert not (tmp_path / "run" / "seed_0" / "base").exists()  # a pretrained backbone is not trained or copied
-    assert (tmp_path / "run" / "seed_0" / "peso" / "block_1" / "adapter" / "adapter_model.safetensors").is_file()
+    assert {(r["method"], r["block"]) for r in rows} == {
+        ("peso", "0"),
+        ("peso", "1"),
+        ("single", "0"),
+        ("single", "1"),
+    }
+    assert not (
+        tmp_path / "run" / "seed_0" / "base"
+    ).exists()  # a pretrained backbone is not trained or copied
+    assert (
+        tmp_path / "run" / "seed_0" / "peso" / "block_1" / "adapter" / "adapter_model.safetensors"
+    ).is_file()

@@ -25,8 +25,11 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     cfg = {
         "data": {"path": str(CDS), "max_users": 24, "blocks": [0, 1, 2]},
-        "model": {"name": "tiny", "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
-                  "lora": {"r": 4, "alpha": 8}},
+        "model": {
+            "name": "tiny",
+            "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
+            "lora": {"r": 4, "alpha": 8},
+        },
         "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 16, "lr": 3e-3},
         "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
         "peso": {"lam": 100.0},
@@ -69,7 +72,11 @@ def test_run_folder_has_every_output(small_run):
 def test_adapters_are_saved_in_peft_format_per_block(small_run):
     _, out = small_run
     seed = out / "seed_0"
-    for d in (seed / "block_0" / "adapter", seed / "peso" / "block_1" / "adapter", seed / "single" / "block_2" / "adapter"):
+    for d in (
+        seed / "block_0" / "adapter",
+        seed / "peso" / "block_1" / "adapter",
+        seed / "single" / "block_2" / "adapter",
+    ):
         assert (d / "adapter_config.json").is_file() and (d / "adapter_model.safetensors").is_file()
         rows = load_file(str(d / "item_rows.safetensors"))
         assert rows["embed_tokens"].shape == (1024, 32) and rows["token_ids"].shape == (1024,)
@@ -116,7 +123,9 @@ def test_frozen_is_the_block0_model_after_other_methods_ran(small_run):
     for t in (1, 2):
         enc = encode(prep.samples[t], space, "test")
         ranked = recommend(model, enc.prompts, space, prep.tries[t], cfg.decode.beam, cfg.decode.top_k, 8)
-        saved = list(csv.DictReader((out / "seed_0" / "frozen" / f"block_{t}" / "recommendations.csv").open()))
+        saved = list(
+            csv.DictReader((out / "seed_0" / "frozen" / f"block_{t}" / "recommendations.csv").open())
+        )
         assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]
 
 

@@ -36,19 +36,39 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     prep = prepare(args.inputs, out, args.format, columns, settings, overwrite=args.overwrite, name=args.name)
     st = prep.stats
     console = Console(width=max(Console().width, 110))  # the table fits without wrapping in a log file
-    table = Table(title=f"{st['name']} ({st['format']}): {st['interactions']:,} interactions, "
-                  f"{st['users']:,} users, {st['items']:,} items")
-    for col in ("block", "interactions", "users", "eval users", "items", "new users", "new items", "from", "to"):
+    table = Table(
+        title=f"{st['name']} ({st['format']}): {st['interactions']:,} interactions, "
+        f"{st['users']:,} users, {st['items']:,} items"
+    )
+    for col in (
+        "block",
+        "interactions",
+        "users",
+        "eval users",
+        "items",
+        "new users",
+        "new items",
+        "from",
+        "to",
+    ):
         table.add_column(col, justify="left" if col in ("from", "to") else "right", no_wrap=True)
     for b in st["per_block"]:
         table.add_row(
-            str(b["block"]), f"{b['interactions']:,}", f"{b['users']:,}", f"{b['evaluated_users']:,}",
-            f"{b['items']:,}", f"{b['new_users']:,}", f"{b['new_items']:,}",
-            (b["date_start"] or "-")[:10], (b["date_end"] or "-")[:10],
+            str(b["block"]),
+            f"{b['interactions']:,}",
+            f"{b['users']:,}",
+            f"{b['evaluated_users']:,}",
+            f"{b['items']:,}",
+            f"{b['new_users']:,}",
+            f"{b['new_items']:,}",
+            (b["date_start"] or "-")[:10],
+            (b["date_end"] or "-")[:10],
         )
     console.print(table)
-    print(f"dropped: {st['duplicates_dropped']:,} repeated user-item pairs, {st['kcore_dropped']:,} by k-core; "
-          f"{st['items_with_title']:,} items with a title")
+    print(
+        f"dropped: {st['duplicates_dropped']:,} repeated user-item pairs, {st['kcore_dropped']:,} by k-core; "
+        f"{st['items_with_title']:,} items with a title"
+    )
     print(f"data: {out}")
     if export is not None:
         files = export_release(out, export, overwrite=args.overwrite)
@@ -61,25 +81,42 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     from peso.tokenize.build import tokenize
 
-    r = tokenize(args.data_dir, args.method, encoder=args.encoder, index_file=args.index, levels=args.levels,
-                 codes=args.codes, dim=args.dim, seed=args.seed, quantizer=args.quantizer)
-    print(f"{r['items']:,} items tokenized ({r['method']}) in {r['seconds']} s; new items per block: "
-          + ", ".join(f"{b}: {n:,}" for b, n in r["new_items_per_block"].items()))
+    r = tokenize(
+        args.data_dir,
+        args.method,
+        encoder=args.encoder,
+        index_file=args.index,
+        levels=args.levels,
+        codes=args.codes,
+        dim=args.dim,
+        seed=args.seed,
+        quantizer=args.quantizer,
+    )
+    print(
+        f"{r['items']:,} items tokenized ({r['method']}) in {r['seconds']} s; new items per block: "
+        + ", ".join(f"{b}: {n:,}" for b, n in r["new_items_per_block"].items())
+    )
     if "collision_rate_before_dedup" in r:
         usage = ", ".join(f"{u:.0%}" for u in r["codebook_usage"])
-        print(f"collision rate before de-duplication: {r['collision_rate_before_dedup']:.2%} of items; "
-              f"codebook usage per level: {usage}; de-duplication codes used: {r['dedup_codes_used']}")
+        print(
+            f"collision rate before de-duplication: {r['collision_rate_before_dedup']:.2%} of items; "
+            f"codebook usage per level: {usage}; de-duplication codes used: {r['dedup_codes_used']}"
+        )
     print(f"index: {Path(args.data_dir) / 'index.json'}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peso", description="Continual LoRA adaptation of generative recommenders.")
+    parser = argparse.ArgumentParser(
+        prog="peso", description="Continual LoRA adaptation of generative recommenders."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate methods block by block")
     r.add_argument("--config", required=True, help="YAML run configuration")
     r.add_argument("--out", required=True, help="run folder for results, adapters and the resolved config")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3")
+    r.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
+    )
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.set_defaults(func=_cmd_run)
 
@@ -98,18 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kcore", type=int, default=None, help="keep users and items with >= K interactions")
     p.add_argument("--name", help="dataset name (default: the release name or the --out folder name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR / export folder")
-    p.add_argument("--export-release", metavar="FOLDER", help="also write the blocks in the release JSON format")
+    p.add_argument(
+        "--export-release", metavar="FOLDER", help="also write the blocks in the release JSON format"
+    )
     p.set_defaults(func=_cmd_prepare)
 
     k = sub.add_parser("tokenize", help="give every item of a DATA_DIR its semantic-ID tokens (index.json)")
     k.add_argument("data_dir", metavar="DATA_DIR", help="a folder written by `peso prepare`")
-    k.add_argument("--method", default="text", choices=["text", "collab", "atomic", "import"],
-                   help="text: title/description embeddings; collab: base-block interactions; atomic: one token "
-                        "per item; import: a released index (default: text)")
+    k.add_argument(
+        "--method",
+        default="text",
+        choices=["text", "collab", "atomic", "import"],
+        help="text: title/description embeddings; collab: base-block interactions; atomic: one token "
+        "per item; import: a released index (default: text)",
+    )
     k.add_argument("--encoder", help="sentence-transformers or HF encoder folder (default: packaged MiniLM)")
     k.add_argument("--index", help="index JSON file for --method import")
-    k.add_argument("--quantizer", default="rkmeans", choices=["rkmeans", "rqvae"],
-                   help="residual k-means (default) or RQ-VAE (TIGER / LC-Rec style)")
+    k.add_argument(
+        "--quantizer",
+        default="rkmeans",
+        choices=["rkmeans", "rqvae"],
+        help="residual k-means (default) or RQ-VAE (TIGER / LC-Rec style)",
+    )
     k.add_argument("--levels", type=int, default=3, help="residual k-means levels before de-duplication (3)")
     k.add_argument("--codes", type=int, default=256, help="codes per level (256)")
     k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")

@@ -25,10 +25,14 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str = Field(description="folder with <NAME>.all.block_<t>.json files and one <NAME>.index*.json file")
+    path: str = Field(
+        description="folder with <NAME>.all.block_<t>.json files and one <NAME>.index*.json file"
+    )
     history: int = Field(20, ge=1, description="sliding window: items of history before each target")
     min_items: int = Field(3, ge=3, description="users with fewer items in a block are skipped in that block")
-    max_users: int | None = Field(None, ge=1, description="keep only the first N users of each block (smoke tests)")
+    max_users: int | None = Field(
+        None, ge=1, description="keep only the first N users of each block (smoke tests)"
+    )
     blocks: list[int] | None = Field(None, description="block numbers to use (default: all found)")
 
     _distinct_blocks = field_validator("blocks")(lambda v: _distinct(v))
@@ -61,7 +65,9 @@ class ModelConfig(_Section):
     name: str = Field("tiny", description="'tiny', a Hugging Face hub id, or a local checkpoint folder")
     tiny: TinyConfig = Field(default_factory=TinyConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    prompt: bool | None = Field(None, description="wrap history in the instruction prompt (default: on unless tiny)")
+    prompt: bool | None = Field(
+        None, description="wrap history in the instruction prompt (default: on unless tiny)"
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -71,7 +77,9 @@ class TrainConfig(_Section):
     epochs: int = Field(4, ge=1, description="epochs of block 0")
     continual_epochs: int | None = Field(None, ge=1, description="epochs of blocks 1.. (default: epochs)")
     batch_size: int = Field(64, ge=1)
-    warmup_steps: int | None = Field(None, ge=0, description="warmup steps (default: warmup_ratio of the steps)")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="warmup steps (default: warmup_ratio of the steps)"
+    )
     warmup_ratio: float = Field(0.01, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.8, gt=0, description="cross-entropy on logits / temperature")
@@ -119,7 +127,9 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, where: str) -> None
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise PesoError(where, f"'{dotted}': '{key}' is not a section", "set a leaf such as train.lr=1e-3")
+            raise PesoError(
+                where, f"'{dotted}': '{key}' is not a section", "set a leaf such as train.lr=1e-3"
+            )
         node = child
     node[keys[-1]] = value
 
@@ -142,7 +152,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except FileNotFoundError:
         raise PesoError(str(path), "config file not found", "give the path of a YAML file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise PesoError(str(path), f"cannot be read as a text file ({e.__class__.__name__})", "give a YAML file") from None
+        raise PesoError(
+            str(path), f"cannot be read as a text file ({e.__class__.__name__})", "give a YAML file"
+        ) from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
@@ -159,7 +171,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise PesoError("--set", f"{key}: value '{value}' is not valid YAML", "quote it or fix it") from None
+            raise PesoError(
+                "--set", f"{key}: value '{value}' is not valid YAML", "quote it or fix it"
+            ) from None
         _set_path(raw, key.strip(), parsed, "--set")
         set_keys.add(key.strip())
     try:
@@ -167,7 +181,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except ValidationError as e:
         loc = ".".join(str(p) for p in e.errors()[0]["loc"])
         where = "--set" if any(loc == k or loc.startswith(k + ".") for k in set_keys) else str(path)
-        raise PesoError(where, _format_validation(e), "correct the value; see configs/quickstart.yaml") from None
+        raise PesoError(
+            where, _format_validation(e), "correct the value; see configs/quickstart.yaml"
+        ) from None
     # a relative data path is relative to the config file (configs travel with their data), else to the cwd
     data_path = Path(cfg.data.path)
     if not data_path.is_absolute() and (path.parent / data_path).exists():

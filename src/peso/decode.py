@@ -57,7 +57,9 @@ def beam_search_batch(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         last_pos = last_pos + 1
         step_ids = (code + off).unsqueeze(-1)
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=last_pos, cache=cache, use_cache=True)
+        out = model(
+            input_ids=step_ids, attention_mask=mask, position_ids=last_pos, cache=cache, use_cache=True
+        )
         cache, logits = out.cache, out.logits[:, -1]
     sids = node.view(n, width)[:, :top_k]
     scores = scores.view(n, width)[:, :top_k]
@@ -91,10 +93,15 @@ def recommend(
 
 
 @torch.no_grad()
-def brute_force_scores(model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray) -> torch.Tensor:
+def brute_force_scores(
+    model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray
+) -> torch.Tensor:
     """Log-probability of every semantic ID for one prompt, by teacher forcing each full ID (for tests)."""
     model.eval()
-    seqs = [prompt + [off + int(c) for off, c in zip(space.level_offsets, codes, strict=True)] for codes in sid_codes]
+    seqs = [
+        prompt + [off + int(c) for off, c in zip(space.level_offsets, codes, strict=True)]
+        for codes in sid_codes
+    ]
     ids = torch.tensor(seqs)
     logp = F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
     L = sid_codes.shape[1]

@@ -57,7 +57,11 @@ class TokenSpace:
         return self.item_tokens(item) + ([self.eos_id] if self.append_eos else [])
 
     def all_item_token_ids(self) -> list[int]:
-        return [off + c for off, size in zip(self.level_offsets, self.level_sizes, strict=True) for c in range(size)]
+        return [
+            off + c
+            for off, size in zip(self.level_offsets, self.level_sizes, strict=True)
+            for c in range(size)
+        ]
 
 
 def _tiny(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
@@ -91,15 +95,20 @@ def _pretrained(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, To
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0][:160]
         raise PesoError(
-            "model.name", f"cannot load '{name}' ({reason})", "use 'tiny', a local checkpoint folder, or a cached hub id"
+            "model.name",
+            f"cannot load '{name}' ({reason})",
+            "use 'tiny', a local checkpoint folder, or a cached hub id",
         ) from None
     offsets = []
     for toks in index.level_tokens:
         tokenizer.add_tokens(toks)
         ids = tokenizer.convert_tokens_to_ids(toks)
         if ids != list(range(ids[0], ids[0] + len(ids))):
-            raise PesoError("model.name", f"item tokens of '{name}' are not contiguous in its vocabulary",
-                            "use item tokens the tokenizer does not know yet")
+            raise PesoError(
+                "model.name",
+                f"item tokens of '{name}' are not contiguous in its vocabulary",
+                "use item tokens the tokenizer does not know yet",
+            )
         offsets.append(ids[0])
     model.resize_token_embeddings(len(tokenizer))
     eos = tokenizer.eos_token_id
@@ -137,8 +146,10 @@ def attach_lora(model: PreTrainedModel, cfg: ModelConfig, space: TokenSpace) -> 
     if _is_tied(model):
         tokens: list[int] | dict[str, list[int]] = item_ids
     else:
-        tokens = {_module_name(model, model.get_input_embeddings()): item_ids,
-                  _module_name(model, model.get_output_embeddings()): item_ids}
+        tokens = {
+            _module_name(model, model.get_input_embeddings()): item_ids,
+            _module_name(model, model.get_output_embeddings()): item_ids,
+        }
     lc = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -151,8 +162,11 @@ def attach_lora(model: PreTrainedModel, cfg: ModelConfig, space: TokenSpace) -> 
     try:
         return get_peft_model(model, lc)
     except ValueError as e:
-        raise PesoError("model.lora.target_modules", str(e).splitlines()[0][:200],
-                        "name modules the model has, e.g. q_proj,v_proj") from None
+        raise PesoError(
+            "model.lora.target_modules",
+            str(e).splitlines()[0][:200],
+            "name modules the model has, e.g. q_proj,v_proj",
+        ) from None
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, torch.nn.Parameter]]:

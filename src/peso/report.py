@@ -12,7 +12,17 @@ import numpy as np
 from peso.io import atomic_file, write_text
 from peso.metrics import METRICS
 
-COLUMNS = ["method", "seed", "block", "users", *METRICS, "train_seconds", "best_epoch", "targets_per_s", "adapter_bytes"]
+COLUMNS = [
+    "method",
+    "seed",
+    "block",
+    "users",
+    *METRICS,
+    "train_seconds",
+    "best_epoch",
+    "targets_per_s",
+    "adapter_bytes",
+]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -70,7 +80,10 @@ def markdown(rows: list[dict], summary: dict) -> str:
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|---" * len(cols) + "|")
     for r in rows:
-        cells = [f"{r[c]:.4f}" if c in METRICS else (f"{r[c]:.1f}" if c == "train_seconds" else str(r.get(c, ""))) for c in cols]
+        cells = [
+            f"{r[c]:.4f}" if c in METRICS else (f"{r[c]:.1f}" if c == "train_seconds" else str(r.get(c, "")))
+            for c in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -118,7 +131,9 @@ def console_table(rows: list[dict], title: str):
         cells = []
         for b in blocks:
             rs = [r for r in rows if r["method"] == method and r["block"] == b]
-            cells.append(f"{np.mean([r['hit@10'] for r in rs]):.4f} / {np.mean([r['ndcg@10'] for r in rs]):.4f}")
+            cells.append(
+                f"{np.mean([r['hit@10'] for r in rs]):.4f} / {np.mean([r['ndcg@10'] for r in rs]):.4f}"
+            )
         m = means.get(method)
         cells.append(f"{m['hit@10'][0]:.4f} / {m['ndcg@10'][0]:.4f}" if m else "-")
         table.add_row(method, *cells)

@@ -66,7 +66,8 @@ def prepare(cfg: RunConfig) -> Prepared:
             AutoConfig.from_pretrained(cfg.model.name)
         except (OSError, ValueError):
             raise PesoError(
-                "model.name", f"'{cfg.model.name}' is not 'tiny', a local checkpoint folder, or a cached hub model",
+                "model.name",
+                f"'{cfg.model.name}' is not 'tiny', a local checkpoint folder, or a cached hub model",
                 "use model.name=tiny or the path of a Hugging Face checkpoint",
             ) from None
     data = read_blocks(cfg.data.path, cfg.data.blocks)  # DATA_DIR or release folder
@@ -80,8 +81,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         tries.append(Trie(index.sid_codes[known], index.level_sizes, known))
         s = build_samples(block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users)
         if len(s) == 0:
-            raise PesoError(block.source, f"block {block.number} has no user with >= {cfg.data.min_items} items",
-                            "lower data.min_items or merge blocks")
+            raise PesoError(
+                block.source,
+                f"block {block.number} has no user with >= {cfg.data.min_items} items",
+                "lower data.min_items or merge blocks",
+            )
         samples.append(s)
     return Prepared(data.name, index, tries, samples, list(cfg.methods))
 
@@ -89,10 +93,18 @@ def prepare(cfg: RunConfig) -> Prepared:
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -162,7 +174,9 @@ class Run:
 
     def _eval(self, model, space, enc: Encoded, t: int, desc: str, out_dir: Path) -> dict[str, float]:
         d, s = self.cfg.decode, self.prep.samples[t]
-        ranked = recommend(model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc=desc)
+        ranked = recommend(
+            model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc=desc
+        )
         self._save_recs(s, ranked, out_dir)
         return summarize(ranked, self._targets(s))
 
@@ -181,29 +195,56 @@ class Run:
         continual = t > 0
         torch.manual_seed(seed * 1000 + t)
         report = train_block(
-            model, enc["train"], enc["valid"], pad_id=enc["space"].pad_id,
+            model,
+            enc["train"],
+            enc["valid"],
+            pad_id=enc["space"].pad_id,
             lr=tc.lr * (tc.continual_lr_scale if continual else 1.0),
             epochs=(tc.continual_epochs or tc.epochs) if continual else tc.epochs,
-            batch_size=tc.batch_size, warmup_steps=tc.warmup_steps, warmup_ratio=tc.warmup_ratio,
-            weight_decay=tc.weight_decay, temperature=tc.temperature, grad_clip=tc.grad_clip,
-            seed=seed * 1000 + t, extra_loss=(strategy.extra_loss if strategy else (lambda m: None)),
+            batch_size=tc.batch_size,
+            warmup_steps=tc.warmup_steps,
+            warmup_ratio=tc.warmup_ratio,
+            weight_decay=tc.weight_decay,
+            temperature=tc.temperature,
+            grad_clip=tc.grad_clip,
+            seed=seed * 1000 + t,
+            extra_loss=(strategy.extra_loss if strategy else (lambda m: None)),
             desc=f"seed {seed} block {t} {label}",
         )
         for e in range(report.epochs):
-            self.train_log.append({
-                "method": label, "seed": seed, "block": t, "epoch": e + 1, "train_ce": report.train_ce[e],
-                "proximal": report.train_penalty[e], "valid_loss": report.valid_losses[e],
-                "best": int(e + 1 == report.best_epoch),
-            })
+            self.train_log.append(
+                {
+                    "method": label,
+                    "seed": seed,
+                    "block": t,
+                    "epoch": e + 1,
+                    "train_ce": report.train_ce[e],
+                    "proximal": report.train_penalty[e],
+                    "valid_loss": report.valid_losses[e],
+                    "best": int(e + 1 == report.best_epoch),
+                }
+            )
         return report
 
-    def _row(self, method: str, seed: int, s: BlockSamples, metrics: dict, report=None, nbytes: int = 0) -> None:
-        row = {"method": method, "seed": seed, "block": int(s.number), "users": len(s), **metrics,
-               "train_seconds": report.seconds if report else 0.0, "best_epoch": report.best_epoch if report else "",
-               "targets_per_s": round(report.targets_per_second, 1) if report else "", "adapter_bytes": nbytes}
+    def _row(
+        self, method: str, seed: int, s: BlockSamples, metrics: dict, report=None, nbytes: int = 0
+    ) -> None:
+        row = {
+            "method": method,
+            "seed": seed,
+            "block": int(s.number),
+            "users": len(s),
+            **metrics,
+            "train_seconds": report.seconds if report else 0.0,
+            "best_epoch": report.best_epoch if report else "",
+            "targets_per_s": round(report.targets_per_second, 1) if report else "",
+            "adapter_bytes": nbytes,
+        }
         self.rows.append(row)
-        console.print(f"  {method:>10} seed {seed} block {s.number}: hit@10 {metrics['hit@10']:.4f} "
-                      f"ndcg@10 {metrics['ndcg@10']:.4f} ({len(s)} users)")
+        console.print(
+            f"  {method:>10} seed {seed} block {s.number}: hit@10 {metrics['hit@10']:.4f} "
+            f"ndcg@10 {metrics['ndcg@10']:.4f} ({len(s)} users)"
+        )
         self.flush()
 
     def flush(self) -> None:
@@ -232,7 +273,10 @@ class Run:
         np.random.seed(seed)
         backbone, space = load_backbone(cfg.model, prep.index)
         model = attach_lora(backbone, cfg.model, space)
-        encs = [{"space": space, **{sp: encode(s, space, sp) for sp in ("train", "valid", "test")}} for s in prep.samples]
+        encs = [
+            {"space": space, **{sp: encode(s, space, sp) for sp in ("train", "valid", "test")}}
+            for s in prep.samples
+        ]
         seed_dir = self.out / f"seed_{seed}"
 
         # block 0, shared: tiny models learn every weight here (they start from random), LLMs only the adapter
@@ -245,7 +289,9 @@ class Run:
         report0 = self._train(model, None, 0, seed, encs[0], "block0")
         for n, p in model.named_parameters():
             p.requires_grad_(n in adapter_params)
-        metrics0 = self._eval(model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0")
+        metrics0 = self._eval(
+            model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0"
+        )
         if full:
             with atomic_dir(seed_dir / "base") as tmp:
                 save_base(model, tmp)
@@ -264,7 +310,9 @@ class Run:
                     report = self._train(model, m, t, seed, encs[t], m.name)
                     m.end_block(model, t)
                     nbytes = export_block(m.export, model, space, block_dir / "adapter")
-                metrics = self._eval(model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir)
+                metrics = self._eval(
+                    model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir
+                )
                 self._row(m.name, seed, s, metrics, report, nbytes)
 
 
@@ -275,7 +323,9 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
         raise PesoError(str(out), "exists and is not a folder", "choose another --out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise PesoError(str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out")
+            raise PesoError(
+                str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -284,9 +334,11 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
     write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     col = info["collisions"]
-    console.print(f"[bold]{prep.name}[/]: {len(prep.index.items)} items, {prep.index.n_sids} semantic IDs "
-                  f"({col['shared_ids']} shared by {col['items_in_shared_ids']} items), blocks "
-                  + ", ".join(f"{k}: {v} users" for k, v in info["blocks"].items()))
+    console.print(
+        f"[bold]{prep.name}[/]: {len(prep.index.items)} items, {prep.index.n_sids} semantic IDs "
+        f"({col['shared_ids']} shared by {col['items_in_shared_ids']} items), blocks "
+        + ", ".join(f"{k}: {v} users" for k, v in info["blocks"].items())
+    )
     run_ = Run(cfg, prep, out)
     start = time.perf_counter()
     for seed in cfg.seeds:
@@ -295,13 +347,14 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     summary = {
-        "dataset": prep.name, "model": cfg.model.name, "seeds": cfg.seeds,
+        "dataset": prep.name,
+        "model": cfg.model.name,
+        "seeds": cfg.seeds,
         "semantic-ID collisions": f"{col['shared_ids']} IDs shared by {col['items_in_shared_ids']} items "
-                                  "(a generated ID is a hit for any item carrying it)",
+        "(a generated ID is a hit for any item carrying it)",
         "wall time": f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB",
     }
     write_text(out / "results.md", markdown(run_.rows, summary))
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
     console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))
     return run_.rows
-

@@ -54,7 +54,9 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def target_loss(model: torch.nn.Module, enc: Encoded, rows: np.ndarray, pad_id: int, temperature: float) -> torch.Tensor:
+def target_loss(
+    model: torch.nn.Module, enc: Encoded, rows: np.ndarray, pad_id: int, temperature: float
+) -> torch.Tensor:
     """Mean cross-entropy of the target tokens of `rows` (logits / temperature); prompts carry no loss."""
     tgt = torch.from_numpy(enc.targets[rows])
     ids, mask = left_pad([enc.prompts[r] + enc.targets[r].tolist() for r in rows], pad_id)
@@ -66,7 +68,9 @@ def target_loss(model: torch.nn.Module, enc: Encoded, rows: np.ndarray, pad_id: 
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, enc: Encoded, pad_id: int, temperature: float, batch_size: int) -> float:
+def evaluate_loss(
+    model: torch.nn.Module, enc: Encoded, pad_id: int, temperature: float, batch_size: int
+) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(enc), batch_size):
@@ -114,7 +118,9 @@ def train_block(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2]
     no_decay = [p for n, p in named if p.ndim < 2]  # norms and biases, as Hugging Face's Trainer does
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = steps_per_epoch * epochs
     warm = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total)
@@ -127,7 +133,9 @@ def train_block(
         model.train()
         order = rng.permutation(len(train))
         ce_sum = pen_sum = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0
+        )
         for step in bar:
             rows = order[step * batch_size : (step + 1) * batch_size]
             ce = target_loss(model, train, rows, pad_id, temperature)

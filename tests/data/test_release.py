@@ -109,7 +109,9 @@ def test_plain_tiny_release(tmp_path):
 def test_gzipped_release(tmp_path):
     folder = write_release(tmp_path / "r", gz=True)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "toy.all.block_0.json.gz", "toy.all.block_1.json.gz", "toy.index.x.json.gz"
+        "toy.all.block_0.json.gz",
+        "toy.all.block_1.json.gz",
+        "toy.index.x.json.gz",
     ]
     data = read_release(folder)
     plain = read_release(write_release(tmp_path / "p"))
@@ -121,8 +123,10 @@ def test_gzipped_release(tmp_path):
 
 def test_integer_item_ids_are_read_as_strings(tmp_path):
     index = {"1": ["<a_1>", "<b_1>"], "2": ["<a_2>", "<b_1>"], "3": ["<a_1>", "<b_2>"]}
-    blocks = {0: {"u": {"previous_block": [], "current_block": [1, 2, 3]}},
-              1: {"u": {"previous_block": [1, 2, 3], "current_block": [3, 2, 1]}}}
+    blocks = {
+        0: {"u": {"previous_block": [], "current_block": [1, 2, 3]}},
+        1: {"u": {"previous_block": [1, 2, 3], "current_block": [3, 2, 1]}},
+    }
     data = read_release(write_release(tmp_path / "r", blocks, index))
     assert data.blocks[1].previous == [["1", "2", "3"]]
     assert data.blocks[1].current == [["3", "2", "1"]]

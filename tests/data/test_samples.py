@@ -67,11 +67,14 @@ def test_history_one_keeps_only_the_previous_item():
 
 
 def test_users_with_too_few_items_in_the_block_are_skipped():
-    b = block(1, {
-        "short": ("abcdefg", "hi"),  # many earlier items do not count: only 2 in this block
-        "ok": ("", "abc"),
-        "four": ("a", "bcde"),
-    })
+    b = block(
+        1,
+        {
+            "short": ("abcdefg", "hi"),  # many earlier items do not count: only 2 in this block
+            "ok": ("", "abc"),
+            "four": ("a", "bcde"),
+        },
+    )
     s = build_samples(b, IDS)
     assert s.users == ["ok", "four"]
     assert len(s) == 2
@@ -110,17 +113,24 @@ def test_three_items_with_history_give_one_training_target():
 
 
 def test_examples_and_train_targets_over_several_users():
-    b = block(1, {
-        "u0": ("ab", "cdef"),  # train c, d
-        "u1": ("", "ghijk"),  # train h, i (g has no history)
-        "u2": ("x", "yz"),  # skipped
-        "u3": ("m", "nop"),  # train n
-    })
+    b = block(
+        1,
+        {
+            "u0": ("ab", "cdef"),  # train c, d
+            "u1": ("", "ghijk"),  # train h, i (g has no history)
+            "u2": ("x", "yz"),  # skipped
+            "u3": ("m", "nop"),  # train n
+        },
+    )
     s = build_samples(b, IDS)
     assert s.users == ["u0", "u1", "u3"]
     train = s.examples("train")
     assert [(u, s.target(u, p)) for u, p in train] == [
-        (0, IDS["c"]), (0, IDS["d"]), (1, IDS["h"]), (1, IDS["i"]), (2, IDS["n"])
+        (0, IDS["c"]),
+        (0, IDS["d"]),
+        (1, IDS["h"]),
+        (1, IDS["i"]),
+        (2, IDS["n"]),
     ]
     valid = s.examples("valid")
     test = s.examples("test")
@@ -137,12 +147,15 @@ def test_examples_and_train_targets_over_several_users():
 
 
 def test_max_users_keeps_the_first_qualifying_users():
-    b = block(1, {
-        "a": ("", "ab"),  # skipped: does not count towards max_users
-        "b": ("", "abc"),
-        "c": ("", "abcd"),
-        "d": ("", "abcde"),
-    })
+    b = block(
+        1,
+        {
+            "a": ("", "ab"),  # skipped: does not count towards max_users
+            "b": ("", "abc"),
+            "c": ("", "abcd"),
+            "d": ("", "abcde"),
+        },
+    )
     assert build_samples(b, IDS, max_users=2).users == ["b", "c"]
     assert build_samples(b, IDS, max_users=1).users == ["b"]
     assert build_samples(b, IDS, max_users=10).users == ["b", "c", "d"]
@@ -165,5 +178,5 @@ def test_window_never_exceeds_history_nor_includes_the_target(history):
         for u, p in s.examples(split):
             w = window_items(s, u, p)
             assert len(w) == min(history, p)
-            assert w == seq[max(0, p - history):p]
+            assert w == seq[max(0, p - history) : p]
             assert s.target(u, p) == seq[p]

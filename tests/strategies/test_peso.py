@@ -41,8 +41,11 @@ def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
             a.add_(0.3 * torch.randn_like(a))
             b.add_(0.3 * torch.randn_like(b))
     by_hand = np.mean(
-        [_np_kl(a.detach().numpy(), anchors[n][0].numpy()) + _np_kl(b.detach().numpy(), anchors[n][1].numpy())
-         for n, a, b in lora_layers(model)]
+        [
+            _np_kl(a.detach().numpy(), anchors[n][0].numpy())
+            + _np_kl(b.detach().numpy(), anchors[n][1].numpy())
+            for n, a, b in lora_layers(model)
+        ]
     )
     assert len(lora_layers(model)) == 2 * 7  # q,k,v,o,gate,up,down in each of 2 layers
     assert strat.extra_loss(model).item() == pytest.approx(3.0 * by_hand, rel=1e-5)

@@ -68,9 +68,20 @@ def test_text_method_embeds_titles_with_the_packaged_minilm(tmp_path):
     rows = [(f"u{u}", f"i{(u * 3 + k) % 12}", 1000 + 100 * (u * 5 + k)) for u in range(10) for k in range(5)]
     log = tmp_path / "log.csv"
     pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_csv(log)
-    titles = ["red lipstick", "crimson lipstick", "blue eyeliner", "navy eyeliner", "shampoo for dry hair",
-              "conditioner for dry hair", "sunscreen spf 50", "sunscreen spf 30", "nail polish red",
-              "nail polish pink", "hair dryer", "curling iron"]
+    titles = [
+        "red lipstick",
+        "crimson lipstick",
+        "blue eyeliner",
+        "navy eyeliner",
+        "shampoo for dry hair",
+        "conditioner for dry hair",
+        "sunscreen spf 50",
+        "sunscreen spf 30",
+        "nail polish red",
+        "nail polish pink",
+        "hair dryer",
+        "curling iron",
+    ]
     items = tmp_path / "items.csv"
     pl.DataFrame({"item_id": [f"i{k}" for k in range(12)], "title": titles}).write_csv(items)
     out = tmp_path / "data"
@@ -87,11 +98,16 @@ def test_text_method_embeds_titles_with_the_packaged_minilm(tmp_path):
 def test_cli_tokenize_then_bad_inputs_exit_2(data_dir, tmp_path, capsys):
     from peso.cli import main
 
-    assert main(["tokenize", str(data_dir), "--method", "collab", "--levels", "2", "--codes", "4", "--dim", "8"]) == 0
+    assert (
+        main(["tokenize", str(data_dir), "--method", "collab", "--levels", "2", "--codes", "4", "--dim", "8"])
+        == 0
+    )
     assert "collision rate before de-duplication" in capsys.readouterr().out
-    for argv in (["tokenize", str(tmp_path / "nowhere")],
-                 ["tokenize", str(data_dir), "--method", "import"],
-                 ["tokenize", str(data_dir), "--method", "collab", "--codes", "1"]):
+    for argv in (
+        ["tokenize", str(tmp_path / "nowhere")],
+        ["tokenize", str(data_dir), "--method", "import"],
+        ["tokenize", str(data_dir), "--method", "collab", "--codes", "1"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("peso: error:")
@@ -103,8 +119,13 @@ def test_tokenized_data_dir_runs(data_dir, tmp_path):
     from peso.cli import main
 
     tokenize(data_dir, "collab", levels=2, codes=4, dim=8)
-    cfg = {"data": {"path": str(data_dir)}, "model": {"tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
-           "train": {"epochs": 1, "batch_size": 32}, "decode": {"beam": 10}, "methods": ["peso", "popular"]}
+    cfg = {
+        "data": {"path": str(data_dir)},
+        "model": {"tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "train": {"epochs": 1, "batch_size": 32},
+        "decode": {"beam": 10},
+        "methods": ["peso", "popular"],
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run")]) == 0

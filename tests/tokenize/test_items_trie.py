@@ -58,8 +58,11 @@ def test_sid_groups_colliding_items():
 
 def test_collisions_counts_groups_and_items():
     index = {
-        "a": ["<a_1>", "<b_1>"], "b": ["<a_1>", "<b_1>"], "c": ["<a_1>", "<b_1>"],  # 3 share one ID
-        "d": ["<a_2>", "<b_1>"], "e": ["<a_2>", "<b_1>"],  # 2 share another
+        "a": ["<a_1>", "<b_1>"],
+        "b": ["<a_1>", "<b_1>"],
+        "c": ["<a_1>", "<b_1>"],  # 3 share one ID
+        "d": ["<a_2>", "<b_1>"],
+        "e": ["<a_2>", "<b_1>"],  # 2 share another
         "f": ["<a_2>", "<b_2>"],
     }
     idx = ItemIndex.from_tokens(index)

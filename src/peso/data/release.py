@@ -25,9 +25,13 @@ def _read_json(path: Path) -> object:
         with opener(path, "rt", encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise PesoError(str(path), f"malformed JSON at line {e.lineno} column {e.colno}", "re-export the file") from None
+        raise PesoError(
+            str(path), f"malformed JSON at line {e.lineno} column {e.colno}", "re-export the file"
+        ) from None
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise PesoError(str(path), f"cannot be read ({e.__class__.__name__})", "check the file is complete") from None
+        raise PesoError(
+            str(path), f"cannot be read ({e.__class__.__name__})", "check the file is complete"
+        ) from None
 
 
 def _str_list(value: object, path: Path, where: str) -> list[str]:
@@ -41,11 +45,15 @@ def read_block_file(path: Path, number: int) -> Block:
     if not isinstance(raw, dict):
         raise PesoError(str(path), "top level must be an object user -> {previous_block, current_block}")
     if not raw:
-        raise PesoError(str(path), f"block {number} is empty (no users)", "remove the file or cut blocks differently")
+        raise PesoError(
+            str(path), f"block {number} is empty (no users)", "remove the file or cut blocks differently"
+        )
     users, previous, current = [], [], []
     for user, rec in raw.items():
         if not isinstance(rec, dict) or "current_block" not in rec:
-            raise PesoError(str(path), f"user {user}: missing field 'current_block'", "each user needs current_block")
+            raise PesoError(
+                str(path), f"user {user}: missing field 'current_block'", "each user needs current_block"
+            )
         users.append(str(user))
         previous.append(_str_list(rec.get("previous_block", []), path, f"user {user}: previous_block"))
         current.append(_str_list(rec["current_block"], path, f"user {user}: current_block"))
@@ -55,17 +63,25 @@ def read_block_file(path: Path, number: int) -> Block:
 def read_index_file(path: Path) -> dict[str, list[str]]:
     raw = _read_json(path)
     if not isinstance(raw, dict) or not raw:
-        raise PesoError(str(path), "index must be a non-empty object item -> [tokens]", "check the index file")
+        raise PesoError(
+            str(path), "index must be a non-empty object item -> [tokens]", "check the index file"
+        )
     index: dict[str, list[str]] = {}
     levels = None
     for item, tokens in raw.items():
         if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-            raise PesoError(str(path), f"item {item}: tokens must be a non-empty list of strings", "e.g. [\"<a_1>\", \"<b_2>\"]")
+            raise PesoError(
+                str(path),
+                f"item {item}: tokens must be a non-empty list of strings",
+                'e.g. ["<a_1>", "<b_2>"]',
+            )
         if levels is None:
             levels = len(tokens)
         elif len(tokens) != levels:
             raise PesoError(
-                str(path), f"item {item} has {len(tokens)} tokens, others have {levels}", "every item needs the same count"
+                str(path),
+                f"item {item} has {len(tokens)} tokens, others have {levels}",
+                "every item needs the same count",
             )
         index[str(item)] = tokens
     return index
@@ -85,9 +101,13 @@ def read_release(folder: str | Path, blocks: list[int] | None = None) -> BlockSe
         elif _INDEX_RE.match(p.name):
             index_files.append(p)
     if not found:
-        raise PesoError(str(folder), "no block files <NAME>.all.block_<t>.json", "point data.path at a release folder")
+        raise PesoError(
+            str(folder), "no block files <NAME>.all.block_<t>.json", "point data.path at a release folder"
+        )
     if len(names) > 1:
-        raise PesoError(str(folder), f"block files of several datasets {sorted(names)}", "keep one dataset per folder")
+        raise PesoError(
+            str(folder), f"block files of several datasets {sorted(names)}", "keep one dataset per folder"
+        )
     if len(index_files) != 1:
         what = "no index file <NAME>.index*.json" if not index_files else f"{len(index_files)} index files"
         raise PesoError(str(folder), what, "keep exactly one semantic-ID index in the folder")
@@ -97,10 +117,14 @@ def read_release(folder: str | Path, blocks: list[int] | None = None) -> BlockSe
             raise PesoError("data.blocks", f"a block is listed twice: {blocks}", "list each block once")
         missing = sorted(set(blocks) - set(found))
         if missing:
-            raise PesoError("data.blocks", f"blocks {missing} not in {folder} (found {numbers})", "list existing blocks")
+            raise PesoError(
+                "data.blocks", f"blocks {missing} not in {folder} (found {numbers})", "list existing blocks"
+            )
         numbers = sorted(blocks)
     if len(numbers) < 2:
-        raise PesoError(str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more")
+        raise PesoError(
+            str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more"
+        )
     index = read_index_file(index_files[0])
     block_list = [read_block_file(found[t], t) for t in numbers]
     for b in block_list:  # every item must have tokens: an unknown item cannot be generated or scored
@@ -108,7 +132,8 @@ def read_release(folder: str | Path, blocks: list[int] | None = None) -> BlockSe
             for item in (*prev, *cur):
                 if item not in index:
                     raise PesoError(
-                        b.source, f"user {user}: item {item} is not in the index {index_files[0].name}",
+                        b.source,
+                        f"user {user}: item {item} is not in the index {index_files[0].name}",
                         "re-tokenize the items or drop the item",
                     )
     return BlockSet(name=names.pop(), blocks=block_list, index=index, index_source=str(index_files[0]))

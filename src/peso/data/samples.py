@@ -57,7 +57,11 @@ class BlockSamples:
 
 
 def build_samples(
-    block: Block, item_ids: dict[str, int], history: int = 20, min_items: int = 3, max_users: int | None = None
+    block: Block,
+    item_ids: dict[str, int],
+    history: int = 20,
+    min_items: int = 3,
+    max_users: int | None = None,
 ) -> BlockSamples:
     """Apply the protocol to one block; `item_ids` maps item id -> index."""
     users, seqs, starts = [], [], []

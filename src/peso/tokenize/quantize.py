@@ -87,7 +87,11 @@ def tokens_of(codes: np.ndarray) -> list[list[str]]:
 
 
 def semantic_ids(
-    embeddings: np.ndarray, first_block: np.ndarray, levels: int = 3, codes: int = 256, seed: int = 0,
+    embeddings: np.ndarray,
+    first_block: np.ndarray,
+    levels: int = 3,
+    codes: int = 256,
+    seed: int = 0,
     quantizer: str = "rkmeans",
 ):
     """(n_items, levels + 1) codes and the fitted quantiser. Codebooks are fitted on the items of the first

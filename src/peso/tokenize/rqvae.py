@@ -25,12 +25,21 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class RQVAE(nn.Module):
-    def __init__(self, dim: int, levels: int, codes: int, latent: int = 32, hidden: tuple[int, ...] = (512, 256, 128),
-                 beta: float = 0.25) -> None:
+    def __init__(
+        self,
+        dim: int,
+        levels: int,
+        codes: int,
+        latent: int = 32,
+        hidden: tuple[int, ...] = (512, 256, 128),
+        beta: float = 0.25,
+    ) -> None:
         super().__init__()
         self.encoder = _mlp([dim, *hidden, latent])
         self.decoder = _mlp([latent, *reversed(hidden), dim])
-        self.codebooks = nn.ParameterList([nn.Parameter(torch.randn(codes, latent) * 0.1) for _ in range(levels)])
+        self.codebooks = nn.ParameterList(
+            [nn.Parameter(torch.randn(codes, latent) * 0.1) for _ in range(levels)]
+        )
         self.beta = beta
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,7 +48,11 @@ class RQVAE(nn.Module):
         for book in self.codebooks:
             idx = torch.cdist(residual, book).argmin(1)
             e = book[idx]
-            loss = loss + ((residual.detach() - e) ** 2).mean() + self.beta * ((residual - e.detach()) ** 2).mean()
+            loss = (
+                loss
+                + ((residual.detach() - e) ** 2).mean()
+                + self.beta * ((residual - e.detach()) ** 2).mean()
+            )
             quantized = quantized + e
             residual = residual - e.detach()
             codes.append(idx)
@@ -51,8 +64,16 @@ class RQVAE(nn.Module):
         return recon + qloss, recon
 
     @classmethod
-    def fit(cls, x: np.ndarray, levels: int = 3, codes: int = 256, seed: int = 0, epochs: int = 300,
-            lr: float = 1e-3, batch_size: int = 1024) -> RQVAE:
+    def fit(
+        cls,
+        x: np.ndarray,
+        levels: int = 3,
+        codes: int = 256,
+        seed: int = 0,
+        epochs: int = 300,
+        lr: float = 1e-3,
+        batch_size: int = 1024,
+    ) -> RQVAE:
         torch.manual_seed(seed)
         data = torch.as_tensor(np.asarray(x), dtype=torch.float32)
         model = cls(data.shape[1], levels, codes)
