@@ -114,3 +114,17 @@ def test_proximal_term_small_delta_is_half_weighted_variance(tiny_lora):
     kl = softmax_kl(prev + delta, torch.log_softmax(prev, 0)).item()
     assert kl == pytest.approx(0.5 * var, rel=2e-2)
     assert proximal_term(model, strat.anchors).item() == 0.0
+
+
+def test_tiny_drift_gives_a_positive_accurate_term(tiny_lora):
+    # a drift of 1e-5 per entry: KL ~ 1e-11, below float32 rounding of the log-probabilities
+    model, _, _ = tiny_lora
+    strat = create("peso", _cfg(1.0))
+    strat.setup_block(model, 1)
+    _, a, _ = lora_layers(model)[0]
+    prev = a.detach().clone().double().reshape(-1)
+    delta = 1e-5 * torch.randn(prev.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.softmax(prev, 0)
+    half_var = 0.5 * float((p * delta**2).sum() - (p * delta).sum() ** 2)
+    kl = softmax_kl((prev + delta), torch.log_softmax(prev, 0)).item()
+    assert kl > 0 and kl == pytest.approx(half_var, rel=1e-3)

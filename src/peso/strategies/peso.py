@@ -14,8 +14,12 @@ from peso.strategies.base import AdapterStrategy, register
 
 
 def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(vec current) || p_anchor), with log p_anchor given (flattened)."""
-    logp = F.log_softmax(current.reshape(-1).float(), dim=0)
+    """KL(softmax(vec current) || p_anchor), with log p_anchor given (flattened).
+
+    In float64: near a uniform softmax the KL is ~ Var_p(delta) / 2, far below float32's rounding of
+    log-probabilities (~1e-7 each), so in float32 the sum is noise and can even come out negative.
+    """
+    logp = F.log_softmax(current.reshape(-1).double(), dim=0)
     return torch.sum(logp.exp() * (logp - anchor_logp))
 
 
@@ -42,8 +46,8 @@ class Peso(AdapterStrategy):
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
         self.anchors = {
             name: (
-                F.log_softmax(a.detach().reshape(-1).float(), 0),
-                F.log_softmax(b.detach().reshape(-1).float(), 0),
+                F.log_softmax(a.detach().reshape(-1).double(), 0),
+                F.log_softmax(b.detach().reshape(-1).double(), 0),
             )
             for name, a, b in lora_layers(model)
         }
@@ -51,4 +55,4 @@ class Peso(AdapterStrategy):
     def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
         if not self.anchors or self.lam == 0:
             return None
-        return self.lam * proximal_term(model, self.anchors)
+        return (self.lam * proximal_term(model, self.anchors)).float()
