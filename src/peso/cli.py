@@ -106,6 +106,14 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from peso.data.prepare import export_release
+
+    files = export_release(args.data_dir, args.out, overwrite=args.overwrite)
+    print(f"release format: {args.out} ({len(files)} files)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peso", description="Continual LoRA adaptation of generative recommenders."
@@ -162,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")
     k.add_argument("--seed", type=int, default=0)
     k.set_defaults(func=_cmd_tokenize)
+
+    e = sub.add_parser("export", help="write a DATA_DIR (blocks + index) in the PESO release JSON format")
+    e.add_argument("data_dir", metavar="DATA_DIR")
+    e.add_argument("--out", required=True, help="folder for <NAME>.all.block_<t>.json and <NAME>.index.json")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_cmd_export)
     return parser
 
 

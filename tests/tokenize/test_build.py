@@ -136,3 +136,16 @@ def test_rqvae_quantizer_through_tokenize(data_dir):
     report = tokenize(data_dir, "collab", levels=2, codes=4, dim=8, quantizer="rqvae")
     index = json.loads((data_dir / "index.json").read_text())
     assert report["quantizer"] == "rqvae" and len({tuple(v) for v in index.values()}) == len(index)
+
+
+def test_export_after_tokenize_round_trips_through_the_release_reader(data_dir, tmp_path):
+    from peso.cli import main
+    from peso.data.prepared import read_prepared
+    from peso.data.release import read_release
+
+    tokenize(data_dir, "atomic")
+    assert main(["export", str(data_dir), "--out", str(tmp_path / "rel")]) == 0
+    a, b = read_prepared(data_dir), read_release(tmp_path / "rel")
+    assert a.index == b.index and len(a.blocks) == len(b.blocks)
+    for x, y in zip(a.blocks, b.blocks, strict=True):
+        assert (x.users, x.previous, x.current) == (y.users, y.previous, y.current)
