@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from peso.config import ModelConfig
 from peso.model import attach_lora, load_backbone
@@ -50,3 +52,55 @@ def tiny_lora():
                 p.normal_(0, 0.05)
     model.eval()
     return model, space, index
+
+
+@pytest.fixture(scope="session")
+def local_checkpoint(tmp_path_factory):
+    """A small untied Llama with a word-level tokenizer, saved as a normal HF folder (a stand-in LLM)."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    words = [
+        "[UNK]",
+        "<s>",
+        "</s>",
+        "###",
+        "Instruction:",
+        "Response:",
+        "The",
+        "user",
+        "has",
+        "interacted",
+        "with",
+        "items",
+        "in",
+        "chronological",
+        "order.",
+        "Can",
+        "you",
+        "predict",
+        "the",
+        "next",
+        "possible",
+        "item",
+        "that",
+        "may",
+        "expect?",
+        ",",
+    ]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
