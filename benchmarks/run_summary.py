@@ -55,7 +55,10 @@ def markdown(s: dict) -> str:
     head = "| method | " + " | ".join(f"block {b}" for b in blocks) + " | mean 1..T-1 |"
     lines = [head, "|---" * (len(blocks) + 2) + "|"]
     for name, m in methods.items():
-        cells = [f"{m['blocks'][b]['hit@10']:.4f} / {m['blocks'][b]['ndcg@10']:.4f}" for b in blocks]
+        cells = [
+            f"{m['blocks'][b]['hit@10']:.4f} / {m['blocks'][b]['ndcg@10']:.4f}" if b in m["blocks"] else "-"
+            for b in blocks
+        ]  # a run still going (or killed) has fewer blocks for later methods
         cm = m["continual_mean"]
         cells.append(f"{cm['hit@10']:.4f} / {cm['ndcg@10']:.4f}" if cm else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
