@@ -72,3 +72,18 @@ def test_peso_run_on_a_local_checkpoint(local_checkpoint, tmp_path):
     assert (
         tmp_path / "run" / "seed_0" / "peso" / "block_1" / "adapter" / "adapter_model.safetensors"
     ).is_file()
+
+
+def test_adapter_of_a_resized_pretrained_model_stays_small(local_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    from peso.strategies.base import save_adapter
+
+    index = small_index()
+    cfg = ModelConfig.model_validate({"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj"]}})
+    backbone, space = load_backbone(cfg, index)
+    model = attach_lora(backbone, cfg, space)
+    save_adapter(model, tmp_path / "adapter")
+    keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).keys()
+    assert not any("base_layer" in k for k in keys)  # no copy of the (resized) embedding matrices
+    assert any("trainable_tokens_delta" in k for k in keys)  # the item rows are in it

@@ -296,7 +296,10 @@ class Run:
             with atomic_dir(seed_dir / "base") as tmp:
                 save_base(model, tmp)
         nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
-        state0 = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        state0 = {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
+        }
         for m in adapters:
             self._row(m.name, seed, s0, metrics0, report0, nbytes0)
 

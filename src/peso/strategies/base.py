@@ -34,7 +34,9 @@ def create(name: str, cfg: RunConfig) -> Method:
 
 def save_adapter(model: torch.nn.Module, out_dir: Path) -> int:
     """The adapter in PEFT's own format (adapter_config.json + adapter_model.safetensors)."""
-    model.save_pretrained(out_dir)
+    # the item rows travel as PEFT trainable-token deltas; without this PEFT would also copy the whole
+    # (resized) embedding matrices into every block's adapter: ~500 MB each for a 1B model
+    model.save_pretrained(out_dir, save_embedding_layers=False)
     return sum(f.stat().st_size for f in out_dir.iterdir() if f.suffix == ".safetensors")
 
 
