@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from peso.errors import PesoError
 
 
 @dataclass
@@ -28,3 +31,22 @@ class BlockSet:
     index: dict[str, list[str]]
     index_source: str = ""
     meta: dict = field(default_factory=dict)
+
+
+def select_blocks(found: list[int], blocks: list[int] | None, folder: Path) -> list[int]:
+    """The block numbers a run uses: all found, or the listed ones; a continual run needs two or more."""
+    numbers = sorted(found)
+    if blocks is not None:
+        if len(set(blocks)) != len(blocks):
+            raise PesoError("data.blocks", f"a block is listed twice: {blocks}", "list each block once")
+        missing = sorted(set(blocks) - set(found))
+        if missing:
+            raise PesoError(
+                "data.blocks", f"blocks {missing} not in {folder} (found {numbers})", "list existing blocks"
+            )
+        numbers = sorted(blocks)
+    if len(numbers) < 2:
+        raise PesoError(
+            str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more"
+        )
+    return numbers

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from peso.data.blocks import Block, BlockSet
+from peso.data.blocks import Block, BlockSet, select_blocks
 from peso.data.prepare import INDEX, INTERACTIONS, STATS
 from peso.data.release import read_index_file
 from peso.errors import PesoError
@@ -77,20 +77,7 @@ def read_prepared(data_dir: str | Path, blocks: list[int] | None = None) -> Bloc
         raise PesoError(str(folder), "data folder not found", "set data.path to a DATA_DIR or release folder")
     stats = read_stats(folder)
     found = [int(t) for t in stats["blocks"]]
-    numbers = found
-    if blocks is not None:
-        if len(set(blocks)) != len(blocks):
-            raise PesoError("data.blocks", f"a block is listed twice: {blocks}", "list each block once")
-        missing = sorted(set(blocks) - set(found))
-        if missing:
-            raise PesoError(
-                "data.blocks", f"blocks {missing} not in {folder} (found {found})", "list existing blocks"
-            )
-        numbers = sorted(blocks)
-    if len(numbers) < 2:
-        raise PesoError(
-            str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more"
-        )
+    numbers = select_blocks(found, blocks, folder)
     df = read_interactions(folder).with_row_index("_r")
     source = str(folder / INTERACTIONS)
     index: dict[str, list[str]] = {}

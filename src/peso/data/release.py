@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from peso.data.blocks import Block, BlockSet
+from peso.data.blocks import Block, BlockSet, select_blocks
 from peso.errors import PesoError
 
 _BLOCK_RE = re.compile(r"^(?P<name>.+)\.all\.block_(?P<t>\d+)\.json(\.gz)?$")
@@ -111,20 +111,7 @@ def read_release(folder: str | Path, blocks: list[int] | None = None) -> BlockSe
     if len(index_files) != 1:
         what = "no index file <NAME>.index*.json" if not index_files else f"{len(index_files)} index files"
         raise PesoError(str(folder), what, "keep exactly one semantic-ID index in the folder")
-    numbers = sorted(found)
-    if blocks is not None:
-        if len(set(blocks)) != len(blocks):
-            raise PesoError("data.blocks", f"a block is listed twice: {blocks}", "list each block once")
-        missing = sorted(set(blocks) - set(found))
-        if missing:
-            raise PesoError(
-                "data.blocks", f"blocks {missing} not in {folder} (found {numbers})", "list existing blocks"
-            )
-        numbers = sorted(blocks)
-    if len(numbers) < 2:
-        raise PesoError(
-            str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more"
-        )
+    numbers = select_blocks(sorted(found), blocks, folder)
     index = read_index_file(index_files[0])
     block_list = [read_block_file(found[t], t) for t in numbers]
     for b in block_list:  # every item must have tokens: an unknown item cannot be generated or scored
