@@ -89,12 +89,7 @@ def test_adapters_are_saved_in_peft_format_per_block(small_run):
 
 def test_saved_adapter_reloads_through_peft_and_recommends_the_same(small_run):
     cfg_path, out = small_run
-    cfg = load_config(cfg_path)
-    prep = prepare(cfg)
-    _, space = load_backbone(cfg.model, prep.index)
-    base = AutoModelForCausalLM.from_pretrained(out / "seed_0" / "base")
-    model = PeftModel.from_pretrained(base, out / "seed_0" / "peso" / "block_1" / "adapter")
-    model.eval()
+    cfg, prep, space, model = _reload(cfg_path, out, "peso/block_1/adapter")
     samples = prep.samples[1]
     enc = encode(samples, space, "test")
     ranked = recommend(model, enc.prompts, space, prep.tries[1], cfg.decode.beam, cfg.decode.top_k, 8)
@@ -102,6 +97,15 @@ def test_saved_adapter_reloads_through_peft_and_recommends_the_same(small_run):
     assert [r["user"] for r in saved] == samples.users
     assert _as_text(prep, ranked) == [r["recommendations"] for r in saved]
     assert np.all(ranked >= 0)
+
+
+def _reload(cfg_path, out, adapter):
+    """The run's config and data, and the saved base + adapter loaded back through PEFT."""
+    cfg = load_config(cfg_path)
+    prep = prepare(cfg)
+    _, space = load_backbone(cfg.model, prep.index)
+    base = AutoModelForCausalLM.from_pretrained(out / "seed_0" / "base")
+    return cfg, prep, space, PeftModel.from_pretrained(base, out / "seed_0" / adapter).eval()
 
 
 def _as_text(prep, ranked):
@@ -115,11 +119,7 @@ def _as_text(prep, ranked):
 def test_frozen_is_the_block0_model_after_other_methods_ran(small_run):
     # frozen runs after peso and single on the same in-memory model: the block-0 state must be restored exactly
     cfg_path, out = small_run
-    cfg = load_config(cfg_path)
-    prep = prepare(cfg)
-    _, space = load_backbone(cfg.model, prep.index)
-    base = AutoModelForCausalLM.from_pretrained(out / "seed_0" / "base")
-    model = PeftModel.from_pretrained(base, out / "seed_0" / "block_0" / "adapter").eval()
+    cfg, prep, space, model = _reload(cfg_path, out, "block_0/adapter")
     for t in (1, 2):
         enc = encode(prep.samples[t], space, "test")
         ranked = recommend(model, enc.prompts, space, prep.tries[t], cfg.decode.beam, cfg.decode.top_k, 8)
