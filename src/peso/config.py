@@ -84,6 +84,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.8, gt=0, description="cross-entropy on logits / temperature")
     grad_clip: float | None = Field(1.0, gt=0)
+    packing: bool = Field(
+        True, description="targets whose windows start at the same item share a forward pass (same loss)"
+    )
+    autocast: Literal["off", "bf16"] = Field("off", description="bfloat16 autocast in training")
     full_block0: bool | None = Field(
         None, description="block 0 trains every weight with the adapter (default: on for tiny only)"
     )

@@ -35,6 +35,7 @@ from peso.errors import PesoError
 from peso.io import atomic_dir, write_text
 from peso.metrics import summarize
 from peso.model import TokenSpace, attach_lora, load_backbone, save_base
+from peso.pack import pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
 from peso.strategies.base import save_adapter
@@ -198,7 +199,6 @@ class Run:
             model,
             enc["train"],
             enc["valid"],
-            pad_id=enc["space"].pad_id,
             lr=tc.lr * (tc.continual_lr_scale if continual else 1.0),
             epochs=(tc.continual_epochs or tc.epochs) if continual else tc.epochs,
             batch_size=tc.batch_size,
@@ -208,6 +208,7 @@ class Run:
             temperature=tc.temperature,
             grad_clip=tc.grad_clip,
             seed=seed * 1000 + t,
+            autocast=tc.autocast == "bf16",
             extra_loss=(strategy.extra_loss if strategy else (lambda m: None)),
             desc=f"seed {seed} block {t} {label}",
         )
@@ -274,7 +275,11 @@ class Run:
         backbone, space = load_backbone(cfg.model, prep.index)
         model = attach_lora(backbone, cfg.model, space)
         encs = [
-            {"space": space, **{sp: encode(s, space, sp) for sp in ("train", "valid", "test")}}
+            {
+                "train": pack(s, space, "train", share=cfg.train.packing),
+                "valid": pack(s, space, "valid"),
+                "test": encode(s, space, "test"),
+            }
             for s in prep.samples
         ]
         seed_dir = self.out / f"seed_{seed}"

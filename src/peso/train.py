@@ -1,5 +1,6 @@
 """Training stage: one block of one strategy. AdamW, cosine schedule with warmup, cross-entropy on the target
-tokens at temperature 0.8, the best epoch by validation loss restored at the end."""
+tokens at temperature 0.8, the best epoch by validation loss restored at the end. Targets come packed
+(`peso.pack`): many per forward pass, each seeing exactly its own window."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from peso.data.samples import BlockSamples
 from peso.model import TokenSpace
+from peso.pack import IGNORE, Packed
 
 
 @dataclass
@@ -54,30 +56,60 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def target_loss(
-    model: torch.nn.Module, enc: Encoded, rows: np.ndarray, pad_id: int, temperature: float
+def _mask_format(model: torch.nn.Module) -> torch.dtype | None:
+    """None (boolean masks) for SDPA and flash kernels; eager attention adds a float mask."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    return next(model.parameters()).dtype if impl == "eager" else None
+
+
+def packed_loss(
+    model: torch.nn.Module,
+    packed: Packed,
+    rows: np.ndarray,
+    temperature: float,
+    autocast: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean cross-entropy of the target tokens of `rows` (logits / temperature); prompts carry no loss."""
-    tgt = torch.from_numpy(enc.targets[rows])
-    ids, mask = left_pad([enc.prompts[r] + enc.targets[r].tolist() for r in rows], pad_id)
-    n = tgt.shape[1]
-    # only the positions that predict target tokens need logits: the last n + 1, minus the very last
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=n + 1)
-    logits = out.logits[:, :n].float() / temperature
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+    """Cross-entropy of the target tokens of segments `rows` (logits / temperature); prompts carry no loss."""
+    device = next(model.parameters()).device
+    batch = packed.batch(rows, device, _mask_format(model))
+    labels = batch.pop("labels")
+    keep = labels != IGNORE
+    # logits only where a target token is predicted: the LM head over the vocabulary is the costly part
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**batch, logits_to_keep=keep).logits
+    return F.cross_entropy(logits.float() / temperature, labels[keep], reduction=reduction)
+
+
+def plan_batches(
+    targets: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch of segment batches holding about `batch_size` targets each: random order, sorted by length
+    within pools of 50 batches (little padding, as group_by_length does), batches in random order."""
+    order = rng.permutation(len(targets))
+    before = np.cumsum(targets[order]) - targets[order]  # targets ahead of each segment
+    pool = before // (50 * batch_size)
+    order = order[np.lexsort((lengths[order], pool))]
+    before = np.cumsum(targets[order]) - targets[order]
+    cuts = np.flatnonzero(np.diff(before // batch_size)) + 1
+    batches = np.split(order, cuts)
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: torch.nn.Module, enc: Encoded, pad_id: int, temperature: float, batch_size: int
+    model: torch.nn.Module, packed: Packed, temperature: float, batch_size: int, autocast: bool = False
 ) -> float:
+    """Mean cross-entropy per target token."""
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(enc), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(enc)))
-        total += target_loss(model, enc, rows, pad_id, temperature).item() * len(rows)
-        count += len(rows)
-    return total / max(count, 1)
+    order = np.argsort(packed.lengths, kind="stable")
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        total += packed_loss(
+            model, packed, order[start : start + batch_size], temperature, autocast, "sum"
+        ).item()
+    tokens = sum(int((s.labels != IGNORE).sum()) for s in packed.segments)
+    return total / max(tokens, 1)
 
 
 @dataclass
@@ -97,10 +129,9 @@ class BlockReport:
 
 def train_block(
     model: torch.nn.Module,
-    train: Encoded,
-    valid: Encoded,
+    train: Packed,
+    valid: Packed,
     *,
-    pad_id: int,
     lr: float,
     epochs: int,
     batch_size: int,
@@ -110,6 +141,7 @@ def train_block(
     temperature: float,
     grad_clip: float | None,
     seed: int,
+    autocast: bool = False,
     extra_loss: Callable[[torch.nn.Module], torch.Tensor | None] = lambda m: None,
     desc: str = "train",
 ) -> BlockReport:
@@ -121,24 +153,24 @@ def train_block(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    total = steps_per_epoch * epochs
+    rng = np.random.default_rng(seed)
+    counts, lengths = train.targets, train.lengths
+    plan = [
+        plan_batches(counts, lengths, batch_size, rng) for _ in range(epochs)
+    ]  # the schedule needs its length
+    total = sum(len(p) for p in plan)
     warm = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total)
     sched = get_cosine_schedule_with_warmup(opt, min(warm, total), total)
-    rng = np.random.default_rng(seed)
     report = BlockReport(epochs=epochs, best_epoch=0)
     best_loss, best_state = math.inf, None
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        order = rng.permutation(len(train))
         ce_sum = pen_sum = 0.0
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0
-        )
-        for step in bar:
-            rows = order[step * batch_size : (step + 1) * batch_size]
-            ce = target_loss(model, train, rows, pad_id, temperature)
+        batches = plan[epoch - 1]
+        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0)
+        for step, rows in enumerate(bar):
+            ce = packed_loss(model, train, rows, temperature, autocast)
             extra = extra_loss(model)
             loss = ce if extra is None else ce + extra
             opt.zero_grad(set_to_none=True)
@@ -151,10 +183,10 @@ def train_block(
             pen_sum += 0.0 if extra is None else extra.item()
             if step % 20 == 0:
                 bar.set_postfix(ce=f"{ce.item():.3f}", prox=f"{0.0 if extra is None else extra.item():.2e}")
-        report.train_ce.append(ce_sum / steps_per_epoch)
-        report.train_penalty.append(pen_sum / steps_per_epoch)
-        report.targets += len(train)
-        vloss = evaluate_loss(model, valid, pad_id, temperature, batch_size * 2)
+        report.train_ce.append(ce_sum / len(batches))
+        report.train_penalty.append(pen_sum / len(batches))
+        report.targets += int(counts.sum())
+        vloss = evaluate_loss(model, valid, temperature, batch_size * 2, autocast)
         report.valid_losses.append(vloss)
         if vloss < best_loss:
             best_loss, report.best_epoch = vloss, epoch
