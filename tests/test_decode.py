@@ -1,12 +1,15 @@
 import numpy as np
+import pytest
 import torch
 
 from peso.decode import beam_search_batch, brute_force_scores, recommend
 from peso.tokenize.trie import Trie
 
 
-def test_beam_search_equals_brute_force_when_the_beam_covers_every_id(tiny_lora):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # boolean and additive tree masks
+def test_beam_search_equals_brute_force_when_the_beam_covers_every_id(tiny_lora, attn):
     model, space, index = tiny_lora
+    model.get_base_model().set_attn_implementation(attn)
     trie = Trie(index.sid_codes, index.level_sizes)
     rng = np.random.default_rng(1)
     prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 8)))) for _ in range(6)]
@@ -41,3 +44,16 @@ def test_fewer_ids_than_top_k_pads_with_minus_one(tiny_lora):
     assert sorted(sids[0, :3].tolist()) == [0, 1, 2]
     assert sids[0, 3:].tolist() == [-1, -1]
     assert torch.isinf(scores[0, 3:]).all()
+
+
+def test_brute_force_scores_equal_full_forward_passes_of_each_id(tiny_lora):
+    model, space, index = tiny_lora
+    prompt = space.prompt(np.array([5, 9, 2]))
+    codes = index.sid_codes[:7]
+    got = brute_force_scores(model, prompt, space, codes, chunk=3)  # several chunks of the cached prompt
+    for r, row in enumerate(codes):
+        target = [off + int(c) for off, c in zip(space.level_offsets, row, strict=True)]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + target])).logits[0].float(), -1)
+        want = sum(logp[len(prompt) - 1 + k, t] for k, t in enumerate(target))
+        assert abs(got[r].item() - want.item()) < 1e-4

@@ -2,10 +2,13 @@
 
 Scores are sums of log-softmax over the full vocabulary (as `generate` computes them), restricted at each
 step to the codes that continue a real item's ID, so no non-existent item can be emitted. One forward pass
-per level, with the key/value cache reordered as beams move.
+per level, one token per beam: beams share their user's cached prompt through a tree mask instead of each
+holding a copy of it (users x beams x prompt length, copied again whenever beams reorder).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -14,7 +17,7 @@ from tqdm.auto import tqdm
 
 from peso.model import TokenSpace
 from peso.tokenize.trie import Trie
-from peso.train import left_pad, position_ids
+from peso.train import _mask_format, left_pad, position_ids
 
 
 @torch.no_grad()
@@ -23,51 +26,55 @@ def beam_search_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(prompts), top_k) semantic-ID groups and their log-probabilities, best first (-1 / -inf: none)."""
     n = len(prompts)
+    device = next(model.parameters()).device
     ids, mask = left_pad(prompts, space.pad_id)
+    ids, mask = ids.to(device), mask.to(device)
     pos = position_ids(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.cache
-    node = torch.zeros(n, dtype=torch.long)  # every user starts at the root
-    scores = torch.zeros(n)
-    width = 1  # beams per user so far
-    logits = out.logits[:, -1]
+    cache, width = out.cache, ids.shape[1]
+    prompt_keys = mask.bool().unsqueeze(1)  # (n, 1, P): what every beam token sees of its user's prompt
+    float_mask = _mask_format(model)
+    logits = out.logits  # (n, beams so far, vocab)
+    node = torch.zeros(n, 1, dtype=torch.long, device=device)  # every user starts at the root
+    scores = torch.zeros(n, 1, device=device)
+    # Beams live along the sequence, not the batch: each step appends every beam's newest token to its
+    # user's cache, seeing the prompt and its own ancestors (a tree mask). Nothing is copied per beam, and a
+    # step costs one token per beam. `ancestors[u, b, s]`: beam b of user u sees appended token s.
+    ancestors = torch.zeros(n, 1, 0, dtype=torch.bool, device=device)
     for depth in range(trie.levels):
         size, off = trie.level_sizes[depth], space.level_offsets[depth]
-        logp = F.log_softmax(logits.float(), dim=-1)[:, off : off + size]
-        logp = logp.masked_fill(~trie.mask(depth, node), float("-inf"))
-        cand = (scores.unsqueeze(-1) + logp).view(n, width * size)
-        k = min(beam, width * size)
-        scores, flat = cand.topk(k, dim=-1)  # (n, k)
-        origin = flat // size + torch.arange(n).unsqueeze(-1) * width  # row of the parent beam
-        code = flat % size
-        origin, code, scores = origin.reshape(-1), code.reshape(-1), scores.reshape(-1)
-        node = trie.step(depth, node[origin], code)
+        width_b = node.shape[1]
+        logp = F.log_softmax(logits.float(), dim=-1)[..., off : off + size]
+        logp = logp.masked_fill(~trie.mask(depth, node.flatten()).view(n, width_b, size), float("-inf"))
+        k = min(beam, width_b * size)
+        scores, flat = (scores.unsqueeze(-1) + logp).view(n, -1).topk(k, dim=-1)  # (n, k)
+        parent, code = flat // size, flat % size
+        node = trie.step(depth, node.gather(1, parent).flatten(), code.flatten()).view(n, k)
         node = torch.where(torch.isfinite(scores), node, torch.full_like(node, -1))
-        width = k
         if depth == trie.levels - 1:
             break
-        # carry the cache and the mask of each chosen beam forward, then feed the chosen code
-        if depth == 0:
-            cache.batch_repeat_interleave(k)
-            mask = mask.repeat_interleave(k, dim=0)
-            last_pos = pos[:, -1:].repeat_interleave(k, dim=0)
-        else:
-            cache.reorder_cache(origin)
-            mask, last_pos = mask[origin], last_pos[origin]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        last_pos = last_pos + 1
-        step_ids = (code + off).unsqueeze(-1)
+        inherited = ancestors.gather(1, parent.unsqueeze(-1).expand(-1, -1, ancestors.shape[-1]))
+        own = torch.eye(k, dtype=torch.bool, device=device).expand(n, -1, -1)
+        ancestors = torch.cat([inherited, own], dim=-1)
+        see = torch.cat([prompt_keys.expand(n, k, width), ancestors], dim=-1).unsqueeze(1)
+        if float_mask is not None:  # eager attention adds its mask
+            see = torch.zeros(see.shape, dtype=float_mask, device=device).masked_fill_(
+                ~see, torch.finfo(float_mask).min
+            )
         out = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=last_pos, cache=cache, use_cache=True
+            input_ids=code + off,
+            attention_mask=see,
+            position_ids=(pos[:, -1:] + 1 + depth).expand(n, k),
+            cache=cache,
+            use_cache=True,
         )
-        cache, logits = out.cache, out.logits[:, -1]
-    sids = node.view(n, width)[:, :top_k]
-    scores = scores.view(n, width)[:, :top_k]
+        logits = out.logits
+    sids, scores = node[:, :top_k], scores[:, :top_k]
     if sids.shape[1] < top_k:  # fewer valid IDs than top_k
         pad = top_k - sids.shape[1]
         sids = F.pad(sids, (0, pad), value=-1)
         scores = F.pad(scores, (0, pad), value=float("-inf"))
-    return sids, scores
+    return sids.cpu(), scores.cpu()
 
 
 def recommend(
@@ -94,17 +101,25 @@ def recommend(
 
 @torch.no_grad()
 def brute_force_scores(
-    model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray
+    model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray, chunk: int = 4096
 ) -> torch.Tensor:
-    """Log-probability of every semantic ID for one prompt, by teacher forcing each full ID (for tests)."""
+    """Log-probability of every semantic ID for one prompt, by teacher forcing each full ID: the exact
+    ranking that beam search approximates. The prompt runs once; its cache is copied per chunk of IDs."""
     model.eval()
-    seqs = [
-        prompt + [off + int(c) for off, c in zip(space.level_offsets, codes, strict=True)]
-        for codes in sid_codes
-    ]
-    ids = torch.tensor(seqs)
-    logp = F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
-    L = sid_codes.shape[1]
-    tok = ids[:, -L:]
-    pred = logp[:, -L - 1 : -1].gather(-1, tok.unsqueeze(-1)).squeeze(-1)
-    return pred.sum(-1)
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
+    offsets = torch.tensor(space.level_offsets)
+    tokens = torch.from_numpy(np.asarray(sid_codes, dtype=np.int64)) + offsets  # (n, L)
+    L, scores = tokens.shape[1], []
+    for start in range(0, len(tokens), chunk):
+        tok = tokens[start : start + chunk]
+        total = first[tok[:, 0]]
+        if L > 1:
+            cache = copy.deepcopy(out.cache)
+            cache.batch_repeat_interleave(len(tok))
+            pos = torch.arange(len(prompt), len(prompt) + L - 1).expand(len(tok), -1)
+            step = model(input_ids=tok[:, :-1], position_ids=pos, cache=cache, use_cache=True)
+            logp = F.log_softmax(step.logits.float(), dim=-1)
+            total = total + logp.gather(-1, tok[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
+        scores.append(total)
+    return torch.cat(scores)
