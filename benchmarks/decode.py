@@ -69,7 +69,7 @@ def generate_top(model, prompts, space, trie, table, beam: int, top_k: int, batc
         ids, mask = left_pad([prompts[r] for r in rows], space.pad_id)
         width = ids.shape[1]
 
-        def allowed(_batch_id: int, seq: torch.Tensor) -> list[int]:
+        def allowed(_batch_id: int, seq: torch.Tensor, width: int = width) -> list[int]:
             return table.get(tuple(seq[width:].tolist()), [])
 
         with torch.no_grad():
@@ -98,7 +98,7 @@ def generate_top(model, prompts, space, trie, table, beam: int, top_k: int, batc
 def quick_train(model, samples, space, cfg, steps: int) -> None:
     packed = pack(samples, space, "train")
     batches = plan_batches(packed.targets, packed.lengths, cfg.train.batch_size, np.random.default_rng(0))
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         p.requires_grad_(True)  # block 0 of tiny trains every weight, as a run does
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     model.train()

@@ -57,3 +57,13 @@ def test_brute_force_scores_equal_full_forward_passes_of_each_id(tiny_lora):
             logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + target])).logits[0].float(), -1)
         want = sum(logp[len(prompt) - 1 + k, t] for k, t in enumerate(target))
         assert abs(got[r].item() - want.item()) < 1e-4
+
+
+def test_merged_and_unmerged_decoding_rank_alike(tiny_lora):
+    model, space, index = tiny_lora
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(3)
+    prompts = [space.prompt(rng.integers(0, len(index.items), 6)) for _ in range(10)]
+    a = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, merge=True)
+    b = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, merge=False)
+    assert np.array_equal(a, b)

@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import torch
 import yaml
 
 from peso.cli import main
@@ -87,3 +88,20 @@ def test_adapter_of_a_resized_pretrained_model_stays_small(local_checkpoint, tmp
     keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).keys()
     assert not any("base_layer" in k for k in keys)  # no copy of the (resized) embedding matrices
     assert any("trainable_tokens_delta" in k for k in keys)  # the item rows are in it
+
+
+def test_merged_decoding_gives_the_same_outputs_and_restores_the_exact_weights(tiny_lora):
+    from peso.model import merged
+
+    model, space, _ = tiny_lora
+    ids = torch.tensor([space.prompt(np.array([1, 2, 3, 4]))])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    want = model(input_ids=ids).logits
+    with merged(model):
+        lora = [m for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+        assert lora and all(m.merged for m in lora)
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not any(m.merged for m in lora)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n  # bit for bit: restored, not un-added

@@ -97,6 +97,9 @@ class DecodeConfig(_Section):
     beam: int = Field(50, ge=1, description="beam width of the trie-constrained beam search")
     top_k: int = Field(10, ge=1, description="items recommended per user")
     batch_size: int = Field(64, ge=1, description="users decoded together")
+    merge: bool = Field(
+        True, description="fold LoRA into the weights while decoding (faster; keeps a copy of them)"
+    )
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> DecodeConfig:

@@ -9,13 +9,14 @@ holding a copy of it (users x beams x prompt length, copied again whenever beams
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from peso.model import TokenSpace
+from peso.model import TokenSpace, merged
 from peso.tokenize.trie import Trie
 from peso.train import _mask_format, left_pad, position_ids
 
@@ -86,16 +87,19 @@ def recommend(
     top_k: int,
     batch_size: int,
     desc: str = "decode",
+    merge: bool = True,
 ) -> np.ndarray:
-    """Top-k semantic-ID groups for every prompt, (len(prompts), top_k), -1 where fewer exist."""
+    """Top-k semantic-ID groups for every prompt, (len(prompts), top_k), -1 where fewer exist. `merge`:
+    LoRA folded into the weights meanwhile (`peso.model.merged`)."""
     model.eval()
     out = np.full((len(prompts), top_k), -1, dtype=np.int64)
     # similar lengths together: less padding
     order = np.argsort([len(p) for p in prompts], kind="stable")
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, mininterval=1.0):
-        rows = order[start : start + batch_size]
-        sids, _ = beam_search_batch(model, [prompts[r] for r in rows], space, trie, beam, top_k)
-        out[rows] = sids.numpy()
+    with merged(model) if merge else nullcontext(model):
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, mininterval=1.0):
+            rows = order[start : start + batch_size]
+            sids, _ = beam_search_batch(model, [prompts[r] for r in rows], space, trie, beam, top_k)
+            out[rows] = sids.numpy()
     return out
 
 

@@ -176,7 +176,7 @@ class Run:
     def _eval(self, model, space, enc: Encoded, t: int, desc: str, out_dir: Path) -> dict[str, float]:
         d, s = self.cfg.decode, self.prep.samples[t]
         ranked = recommend(
-            model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc=desc
+            model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc, d.merge
         )
         self._save_recs(s, ranked, out_dir)
         return summarize(ranked, self._targets(s))
