@@ -23,7 +23,7 @@ import torch
 from peso.config import load_config
 from peso.decode import brute_force_scores, recommend
 from peso.metrics import summarize
-from peso.model import attach_lora, load_backbone
+from peso.model import attach_lora, load_backbone, merged
 from peso.pack import pack
 from peso.runner import prepare
 from peso.train import encode, packed_loss, plan_batches
@@ -72,7 +72,7 @@ def generate_top(model, prompts, space, trie, table, beam: int, top_k: int, batc
         def allowed(_batch_id: int, seq: torch.Tensor, width: int = width) -> list[int]:
             return table.get(tuple(seq[width:].tolist()), [])
 
-        with torch.no_grad():
+        with torch.no_grad(), merged(model):  # the weights `recommend` decodes with
             gen = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -188,9 +188,10 @@ def main() -> None:
     exact_users = prompts[: args.recall_users]
     exact = []
     t = time.perf_counter()
-    for p in exact_users:
-        scores = brute_force_scores(model, p, space, prep.index.sid_codes[known])
-        exact.append(set(known[torch.topk(scores, k).indices.numpy()].tolist()))
+    with merged(model):
+        for p in exact_users:
+            scores = brute_force_scores(model, p, space, prep.index.sid_codes[known])
+            exact.append(set(known[torch.topk(scores, k).indices.numpy()].tolist()))
     result["brute_force_s_per_user"] = round((time.perf_counter() - t) / len(exact_users), 3)
     result["recall"] = []
     for beam in args.recall_beams:

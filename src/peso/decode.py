@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from peso.model import TokenSpace, merged
+from peso.pack import mask_dtype
 from peso.tokenize.trie import Trie
-from peso.train import _mask_format, left_pad, position_ids
+from peso.train import left_pad, position_ids
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def beam_search_batch(
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, width = out.cache, ids.shape[1]
     prompt_keys = mask.bool().unsqueeze(1)  # (n, 1, P): what every beam token sees of its user's prompt
-    float_mask = _mask_format(model)
+    float_mask = mask_dtype(model)
     logits = out.logits  # (n, beams so far, vocab)
     node = torch.zeros(n, 1, dtype=torch.long, device=device)  # every user starts at the root
     scores = torch.zeros(n, 1, device=device)

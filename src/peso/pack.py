@@ -39,6 +39,22 @@ class Segment:
 
 
 @dataclass
+class Step:
+    """A forward pass over a packed batch: its model inputs, and logits (before temperature) at the
+    positions that predict target tokens, with those tokens. Strategies' extra losses may use it."""
+
+    inputs: dict[str, torch.Tensor]
+    logits: torch.Tensor  # (target tokens, vocab)
+    labels: torch.Tensor  # (target tokens,)
+
+
+def mask_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """None (boolean masks) for SDPA and flash kernels; eager attention adds a float mask of this dtype."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    return next(model.parameters()).dtype if impl == "eager" else None
+
+
+@dataclass
 class Packed:
     segments: list[Segment]
     causal: bool  # no branches: a causal mask with right padding is the whole story

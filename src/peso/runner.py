@@ -38,7 +38,7 @@ from peso.model import TokenSpace, attach_lora, load_backbone, save_base
 from peso.pack import pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
-from peso.strategies.base import save_adapter
+from peso.strategies.base import BlockData, save_adapter
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
 from peso.train import Encoded, encode, train_block
@@ -209,7 +209,7 @@ class Run:
             grad_clip=tc.grad_clip,
             seed=seed * 1000 + t,
             autocast=tc.autocast == "bf16",
-            extra_loss=(strategy.extra_loss if strategy else (lambda m: None)),
+            extra_loss=(strategy.extra_loss if strategy else (lambda m, s: None)),
             desc=f"seed {seed} block {t} {label}",
         )
         for e in range(report.epochs):
@@ -314,7 +314,9 @@ class Run:
                 report, nbytes = None, 0
                 block_dir = seed_dir / m.name / f"block_{s.number}"
                 if m.trains:
-                    m.setup_block(model, t)
+                    m.setup_block(
+                        model, t, BlockData(encs[t]["train"], encs[t - 1]["train"], cfg.train.batch_size)
+                    )
                     report = self._train(model, m, t, seed, encs[t], m.name)
                     m.end_block(model, t)
                     nbytes = export_block(m.export, model, space, block_dir / "adapter")

@@ -17,7 +17,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from peso.data.samples import BlockSamples
 from peso.model import TokenSpace
-from peso.pack import IGNORE, Packed
+from peso.pack import IGNORE, Packed, Step, mask_dtype
 
 
 @dataclass
@@ -56,10 +56,16 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _mask_format(model: torch.nn.Module) -> torch.dtype | None:
-    """None (boolean masks) for SDPA and flash kernels; eager attention adds a float mask."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
-    return next(model.parameters()).dtype if impl == "eager" else None
+def forward_targets(model: torch.nn.Module, packed: Packed, rows: np.ndarray, autocast: bool = False) -> Step:
+    """One forward pass over segments `rows`, with logits only where a target token is predicted (the LM
+    head over the vocabulary is the costly part)."""
+    device = next(model.parameters()).device
+    inputs = packed.batch(rows, device, mask_dtype(model))
+    labels = inputs.pop("labels")
+    inputs["logits_to_keep"] = labels != IGNORE
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**inputs).logits
+    return Step(inputs, logits, labels[inputs["logits_to_keep"]])
 
 
 def packed_loss(
@@ -71,14 +77,8 @@ def packed_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy of the target tokens of segments `rows` (logits / temperature); prompts carry no loss."""
-    device = next(model.parameters()).device
-    batch = packed.batch(rows, device, _mask_format(model))
-    labels = batch.pop("labels")
-    keep = labels != IGNORE
-    # logits only where a target token is predicted: the LM head over the vocabulary is the costly part
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**batch, logits_to_keep=keep).logits
-    return F.cross_entropy(logits.float() / temperature, labels[keep], reduction=reduction)
+    step = forward_targets(model, packed, rows, autocast)
+    return F.cross_entropy(step.logits.float() / temperature, step.labels, reduction=reduction)
 
 
 def plan_batches(
@@ -142,7 +142,7 @@ def train_block(
     grad_clip: float | None,
     seed: int,
     autocast: bool = False,
-    extra_loss: Callable[[torch.nn.Module], torch.Tensor | None] = lambda m: None,
+    extra_loss: Callable[[torch.nn.Module, Step], torch.Tensor | None] = lambda m, s: None,
     desc: str = "train",
 ) -> BlockReport:
     """Train the parameters that require grad; restore the epoch with the lowest validation loss."""
@@ -170,8 +170,9 @@ def train_block(
         batches = plan[epoch - 1]
         bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0)
         for step, rows in enumerate(bar):
-            ce = packed_loss(model, train, rows, temperature, autocast)
-            extra = extra_loss(model)
+            step_out = forward_targets(model, train, rows, autocast)
+            ce = F.cross_entropy(step_out.logits.float() / temperature, step_out.labels)
+            extra = extra_loss(model, step_out)
             loss = ce if extra is None else ce + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()

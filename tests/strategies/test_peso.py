@@ -34,7 +34,7 @@ def test_softmax_kl_matches_hand_computation():
 def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
     model, _, _ = tiny_lora
     strat = create("peso", _cfg(3.0))
-    strat.setup_block(model, 1)
+    strat.setup_block(model, 1, None)
     anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     with torch.no_grad():
         for _, a, b in lora_layers(model):
@@ -48,28 +48,28 @@ def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
         ]
     )
     assert len(lora_layers(model)) == 2 * 7  # q,k,v,o,gate,up,down in each of 2 layers
-    assert strat.extra_loss(model).item() == pytest.approx(3.0 * by_hand, rel=1e-5)
+    assert strat.extra_loss(model, None).item() == pytest.approx(3.0 * by_hand, rel=1e-5)
 
 
 def test_term_is_exactly_zero_at_block_start(tiny_lora):
     model, _, _ = tiny_lora
     strat = create("peso", _cfg(5.0))
-    strat.setup_block(model, 1)
-    assert strat.extra_loss(model).item() == 0.0
+    strat.setup_block(model, 1, None)
+    assert strat.extra_loss(model, None).item() == 0.0
 
 
 def test_no_anchor_no_term_and_lambda_zero_is_single(tiny_lora):
     model, _, _ = tiny_lora
-    assert create("peso", _cfg(5.0)).extra_loss(model) is None  # block 0: nothing to anchor to
+    assert create("peso", _cfg(5.0)).extra_loss(model, None) is None  # block 0: nothing to anchor to
     zero = create("peso", _cfg(0.0))
-    zero.setup_block(model, 1)
-    assert zero.extra_loss(model) is None  # so training is exactly `single`'s
+    zero.setup_block(model, 1, None)
+    assert zero.extra_loss(model, None) is None  # so training is exactly `single`'s
 
 
 def test_gradient_pulls_toward_the_anchor(tiny_lora):
     model, _, _ = tiny_lora
     strat = create("peso", _cfg(1.0))
-    strat.setup_block(model, 1)
+    strat.setup_block(model, 1, None)
     anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     with torch.no_grad():
         for _, a, b in lora_layers(model):
@@ -85,9 +85,9 @@ def test_gradient_pulls_toward_the_anchor(tiny_lora):
                 total += float(((d - d.mean()) ** 2).sum())
         return total
 
-    before, term_before = centred_distance(), strat.extra_loss(model).item()
+    before, term_before = centred_distance(), strat.extra_loss(model, None).item()
     params = [p for _, a, b in lora_layers(model) for p in (a, b)]
-    strat.extra_loss(model).backward()
+    strat.extra_loss(model, None).backward()
     for n, a, b in lora_layers(model):  # descent direction -grad has a positive component toward the anchor
         for cur, ref in ((a, anchors[n][0]), (b, anchors[n][1])):
             assert float((-cur.grad * (ref - cur.detach())).sum()) > 0
@@ -95,9 +95,9 @@ def test_gradient_pulls_toward_the_anchor(tiny_lora):
     opt = torch.optim.SGD(params, lr=2000.0)
     for _ in range(20):
         opt.zero_grad()
-        strat.extra_loss(model).backward()
+        strat.extra_loss(model, None).backward()
         opt.step()
-    assert strat.extra_loss(model).item() < 0.5 * term_before
+    assert strat.extra_loss(model, None).item() < 0.5 * term_before
     assert centred_distance() < before
 
 
@@ -105,7 +105,7 @@ def test_proximal_term_small_delta_is_half_weighted_variance(tiny_lora):
     # METHOD.md: KL ~ 1/2 Var_p(delta), p = softmax(v_prev), for small delta
     model, _, _ = tiny_lora
     strat = create("peso", _cfg(1.0))
-    strat.setup_block(model, 1)
+    strat.setup_block(model, 1, None)
     _, a, _ = lora_layers(model)[0]
     prev = a.detach().clone().reshape(-1)
     delta = 1e-2 * torch.randn_like(prev)
@@ -120,7 +120,7 @@ def test_tiny_drift_gives_a_positive_accurate_term(tiny_lora):
     # a drift of 1e-5 per entry: KL ~ 1e-11, below float32 rounding of the log-probabilities
     model, _, _ = tiny_lora
     strat = create("peso", _cfg(1.0))
-    strat.setup_block(model, 1)
+    strat.setup_block(model, 1, None)
     _, a, _ = lora_layers(model)[0]
     prev = a.detach().clone().double().reshape(-1)
     delta = 1e-5 * torch.randn(prev.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

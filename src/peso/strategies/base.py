@@ -7,6 +7,8 @@ registered by name and chosen with `methods: [...]` in the config.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,6 +17,7 @@ import torch
 
 from peso.config import RunConfig
 from peso.errors import PesoError
+from peso.pack import Packed, Step
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -40,6 +43,24 @@ def save_adapter(model: torch.nn.Module, out_dir: Path) -> int:
     return sum(f.stat().st_size for f in out_dir.iterdir() if f.suffix == ".safetensors")
 
 
+@dataclass
+class BlockData:
+    """The training data a strategy may look at when a block starts: this block's and the previous one's."""
+
+    current: Packed
+    previous: Packed
+    batch_size: int  # targets per batch
+
+    def batches(self, which: str = "current", max_targets: int | None = None) -> Iterator[np.ndarray]:
+        """Segment rows of `which` ('current' / 'previous') in batches, in order, up to `max_targets`."""
+        packed = self.current if which == "current" else self.previous
+        before = np.cumsum(packed.targets) - packed.targets  # targets ahead of each segment
+        rows = np.arange(len(packed))
+        if max_targets is not None:
+            rows = rows[before < max_targets]
+        yield from np.split(rows, np.flatnonzero(np.diff(before[rows] // self.batch_size)) + 1)
+
+
 class Method:
     name: ClassVar[str]
     uses_backbone: ClassVar[bool]
@@ -54,11 +75,12 @@ class AdapterStrategy(Method):
     uses_backbone = True
     trains: ClassVar[bool] = True  # False: evaluated with the block-0 model, never updated
 
-    def setup_block(self, model: torch.nn.Module, block: int) -> None:
-        """Before training block `block` (>= 1): take anchors, add modules, etc."""
+    def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
+        """Before training block `block` (>= 1): take anchors, add modules, estimate a Fisher, etc."""
 
-    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
-        """A term added to the cross-entropy at every step (None: nothing)."""
+    def extra_loss(self, model: torch.nn.Module, step: Step) -> torch.Tensor | None:
+        """A term added to the cross-entropy at every step (None: nothing). `step`: this step's inputs and
+        logits, for terms in function space."""
         return None
 
     def end_block(self, model: torch.nn.Module, block: int) -> None:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from peso.model import lora_layers
-from peso.strategies.base import AdapterStrategy, register
+from peso.pack import Step
+from peso.strategies.base import AdapterStrategy, BlockData, register
 
 
 def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ class Peso(AdapterStrategy):
         self.lam = cfg.peso.lam
         self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def setup_block(self, model: torch.nn.Module, block: int) -> None:
+    def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
         self.anchors = {
             name: (
@@ -52,7 +53,7 @@ class Peso(AdapterStrategy):
             for name, a, b in lora_layers(model)
         }
 
-    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+    def extra_loss(self, model: torch.nn.Module, step: Step) -> torch.Tensor | None:
         if not self.anchors or self.lam == 0:
             return None
         return (self.lam * proximal_term(model, self.anchors)).float()
