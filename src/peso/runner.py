@@ -324,6 +324,7 @@ class Run:
                     model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir
                 )
                 self._row(m.name, seed, s, metrics, report, nbytes)
+            m.teardown(model)
 
 
 def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:

@@ -90,6 +90,9 @@ class AdapterStrategy(Method):
         """Save the adapter state after a block; returns the bytes of its weights."""
         return save_adapter(model, out_dir)
 
+    def teardown(self, model: torch.nn.Module) -> None:
+        """After the method's last block: remove whatever it added, so the next method starts clean."""
+
 
 class StandaloneMethod(Method):
     """A recommender without the LLM: fit on a block's training targets, rank semantic-ID groups."""
