@@ -114,6 +114,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from peso.data.simulate import SimParams, simulate
+
+    params = SimParams(
+        users=args.users,
+        items=args.items,
+        clusters=args.clusters,
+        blocks=args.blocks,
+        new_items_per_block=args.new_items_per_block,
+        interactions_per_block=args.interactions_per_block,
+        shift_share=args.shift_share,
+        past_weight=args.past_weight,
+        drift=args.drift,
+        sequential=args.sequential,
+        temperature=args.temperature,
+        base_factor=args.base_factor,
+        seed=args.seed,
+        tokens=args.tokens,
+    )
+    st = simulate(args.out, params, overwrite=args.overwrite, name=args.name)
+    print(
+        f"{st['name']} (simulated): {st['interactions']:,} interactions, {st['users']:,} users, "
+        f"{st['items']:,} items in {len(st['per_block'])} blocks"
+    )
+    for b in st["per_block"]:
+        print(
+            f"  block {b['block']}: {b['interactions']:,} interactions, {b['evaluated_users']:,} evaluated "
+            f"users, {b['new_items']:,} new items"
+        )
+    print(f"data: {args.out}" + ("" if st["index"] else f" (no index: run `peso tokenize {args.out}`)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peso", description="Continual LoRA adaptation of generative recommenders."
@@ -170,6 +203,52 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")
     k.add_argument("--seed", type=int, default=0)
     k.set_defaults(func=_cmd_tokenize)
+
+    s = sub.add_parser(
+        "simulate", help="generate a synthetic DATA_DIR with controlled preference dynamics (tokenized)"
+    )
+    s.add_argument("--out", required=True, help="DATA_DIR to write (must not exist, or be empty)")
+    s.add_argument("--users", type=int, default=2000, help="users, all present from block 0 (2000)")
+    s.add_argument("--items", type=int, default=1000, help="items in block 0's catalogue (1000)")
+    s.add_argument("--clusters", type=int, default=20, help="latent genres (20)")
+    s.add_argument("--blocks", type=int, default=5, help="chronological blocks, base block included (5)")
+    s.add_argument(
+        "--new-items-per-block",
+        type=float,
+        default=0.05,
+        help="new items per later block, share of --items (0.05)",
+    )
+    s.add_argument(
+        "--interactions-per-block", type=float, default=6.0, help="mean interactions per user and block (6)"
+    )
+    s.add_argument(
+        "--shift-share",
+        type=float,
+        default=0.1,
+        help="share of users whose long-term taste is replaced per block (0.1)",
+    )
+    s.add_argument(
+        "--past-weight",
+        type=float,
+        default=0.5,
+        help="weight of long-term vs drifting short-term taste (0.5)",
+    )
+    s.add_argument("--drift", type=float, default=0.3, help="short-term taste step per block, 0..1 (0.3)")
+    s.add_argument("--sequential", type=float, default=3.0, help="pull of the previous item on the next (3)")
+    s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of each pick (1)")
+    s.add_argument(
+        "--base-factor", type=float, default=3.0, help="block 0 holds this many times a later block (3)"
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--tokens",
+        default="atomic",
+        choices=["atomic", "latent", "none"],
+        help="index.json: one token per item (default), <genre><n> semantic IDs, or none (tokenize later)",
+    )
+    s.add_argument("--name", help="dataset name (default: the --out folder name)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR")
+    s.set_defaults(func=_cmd_simulate)
 
     e = sub.add_parser("export", help="write a DATA_DIR (blocks + index) in the PESO release JSON format")
     e.add_argument("data_dir", metavar="DATA_DIR")
