@@ -112,12 +112,29 @@ class PesoSettings(_Section):
     lam: float = Field(5.0, ge=0, description="lambda, weight of the softmax-KL proximal term")
 
 
+class BaselineSettings(_Section):
+    """Weights of the other proximal terms (the paper's comparison); untuned defaults."""
+
+    l2: float = Field(1.0, ge=0, description="weight of mean_m (||A - A_prev||_F + ||B - B_prev||_F)")
+    orthogonal: float = Field(
+        0.5, ge=0, description="weight of mean_m (||A A_prev^T||_F^2 + ||B^T B_prev||_F^2) (O-LoRA)"
+    )
+    output_kl: float = Field(
+        1.0, ge=0, description="weight of KL(current || previous model) of next-token distributions"
+    )
+    ewc: float = Field(100.0, ge=0, description="weight of sum_i F_i (theta_i - theta_prev_i)^2 / 2")
+    ewc_targets: int = Field(
+        2048, ge=1, description="previous-block training targets used to estimate the EWC Fisher"
+    )
+
+
 class RunConfig(_Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     peso: PesoSettings = Field(default_factory=PesoSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
     methods: list[str] = Field(default_factory=lambda: ["peso", "single", "frozen", "popular"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
