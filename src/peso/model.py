@@ -190,12 +190,22 @@ def merged(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged and m.active_adapters]
+    # a strategy may hang more terms on a LoRA layer (e.g. frozen past adapters): a child with
+    # `merge_delta(layer)` (its weight) and a `folded` flag its hooks honour; those fold in too
+    extras = [(m, e) for m in layers for e in m.children() if callable(getattr(e, "merge_delta", None))]
     saved = [m.get_base_layer().weight.detach().clone() for m in layers]
     try:
         for m in layers:
             m.merge()
+        with torch.no_grad():
+            for m, e in extras:
+                weight = m.get_base_layer().weight
+                weight.add_(e.merge_delta(m).to(weight.dtype))
+                e.folded = True
         yield model
     finally:
+        for _, e in extras:
+            e.folded = False
         with torch.no_grad():
             for m, w in zip(layers, saved, strict=True):
                 if m.merged:
