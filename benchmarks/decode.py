@@ -152,6 +152,18 @@ def main() -> None:
             theirs = generate_top(model, prompts, space, trie, table, beam, k, bs)
             t_hf = time.perf_counter() - t
             same = int((ours == theirs).all(axis=1).sum())
+            # A user whose lists differ in float32 is retried in float64: a near-tie at the beam boundary
+            # (the two implementations round attention differently) then resolves the same way, a real
+            # difference in the search would not.
+            differ = np.flatnonzero(~(ours == theirs).all(axis=1))
+            same64 = 0
+            if len(differ):
+                model.double()
+                sub = [prompts[u] for u in differ]
+                a = recommend(model, sub, space, trie, beam, k, bs)
+                b = generate_top(model, sub, space, trie, table, beam, k, bs)
+                same64 = int((a == b).all(axis=1).sum())
+                model.float()
             run = {
                 "beam": beam,
                 "batch_size": bs,
@@ -159,12 +171,15 @@ def main() -> None:
                 "generate_users_per_s": round(len(prompts) / t_hf, 1),
                 "speedup": round(t_hf / t_ours, 2),
                 "identical_users": same,
+                "differing_users_identical_in_float64": f"{same64}/{len(differ)}",
                 "identical": same == len(prompts),
+                "identical_up_to_float_ties": same + same64 == len(prompts),
             }
             result["runs"].append(run)
             print(json.dumps(run))
     result["speedup"] = min(r["speedup"] for r in result["runs"])  # the worst case
     result["identical"] = all(r["identical"] for r in result["runs"])
+    result["identical_up_to_float_ties"] = all(r["identical_up_to_float_ties"] for r in result["runs"])
 
     # a whole block's evaluation, as a run does it: prompts, beam search, metrics
     timed = Timed(model)
