@@ -53,7 +53,7 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
-def markdown(rows: list[dict], summary: dict) -> str:
+def markdown(rows: list[dict], summary: dict, intervals: dict | None = None) -> str:
     lines = ["# Results", ""]
     for k, v in summary.items():
         lines.append(f"- {k}: {v}")
@@ -75,6 +75,20 @@ def markdown(rows: list[dict], summary: dict) -> str:
             if missed:
                 verdict += ("; " if verdict else "") + "does NOT beat " + ", ".join(missed)
             lines.append(f"- {method} (NDCG@10): {verdict}")
+    refs = sorted({ref for d in (intervals or {}).values() for ref in d}, key=["single", "peso"].index)
+    if refs:
+        lines += [
+            "",
+            "## NDCG@10 difference over continual blocks, paired bootstrap 95% interval over test users",
+            "",
+            "Mean over blocks of the per-user difference (method - reference), users resampled within each"
+            " block, seeds averaged per user; * = the interval excludes 0.",
+            "",
+            "| method | " + " | ".join(f"vs {r}" for r in refs) + " |",
+            "|---" * (len(refs) + 1) + "|",
+        ]
+        for method, d in intervals.items():
+            lines.append(f"| {method} | " + " | ".join(str(d[r]) if r in d else "" for r in refs) + " |")
     lines += ["", "## Every block", ""]
     cols = ["method", "seed", "block", "users", *METRICS, "train_seconds", "best_epoch"]
     lines.append("| " + " | ".join(cols) + " |")

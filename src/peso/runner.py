@@ -27,13 +27,14 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from rich.console import Console
 from safetensors.torch import save_file
 
+from peso.compare import compare_methods
 from peso.config import RunConfig
 from peso.data.load import read_blocks
 from peso.data.samples import BlockSamples, build_samples
 from peso.decode import recommend
 from peso.errors import PesoError
 from peso.io import atomic_dir, write_text
-from peso.metrics import summarize
+from peso.metrics import per_user
 from peso.model import TokenSpace, attach_lora, load_backbone, save_base
 from peso.pack import pack
 from peso.report import console_table, markdown, plot, write_csv
@@ -163,6 +164,8 @@ class Run:
     def __init__(self, cfg: RunConfig, prep: Prepared, out: Path) -> None:
         self.cfg, self.prep, self.out = cfg, prep, out
         self.rows: list[dict] = []
+        self.per_user: dict[tuple[str, int, int], np.ndarray] = {}  # (method, seed, block) -> NDCG@10
+        self.last_users: dict[str, np.ndarray] = {}
         self.train_log: list[dict] = []
         groups: dict[int, list[str]] = {}
         for item, g in zip(prep.index.items, prep.index.sid.tolist(), strict=True):
@@ -179,7 +182,12 @@ class Run:
             model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc, d.merge
         )
         self._save_recs(s, ranked, out_dir)
-        return summarize(ranked, self._targets(s))
+        return self._score(ranked, s)
+
+    def _score(self, ranked: np.ndarray, s: BlockSamples) -> dict[str, float]:
+        """Block metrics; the per-user values wait in `last_users` for the row that records them."""
+        self.last_users = per_user(ranked, self._targets(s))
+        return {m: float(v.mean()) for m, v in self.last_users.items()}
 
     def _save_recs(self, s: BlockSamples, ranked: np.ndarray, out_dir: Path) -> None:
         """user, test target, top-k list (items sharing a semantic ID joined by '|')."""
@@ -242,6 +250,7 @@ class Run:
             "adapter_bytes": nbytes,
         }
         self.rows.append(row)
+        self.per_user[(method, seed, int(s.number))] = self.last_users["ndcg@10"]
         console.print(
             f"  {method:>10} seed {seed} block {s.number}: hit@10 {metrics['hit@10']:.4f} "
             f"ndcg@10 {metrics['ndcg@10']:.4f} ({len(s)} users)"
@@ -267,7 +276,7 @@ class Run:
                     m.fit_block(prep.index.sid[s.train_targets()], prep.index.n_sids)
                     ranked = m.rank(len(s), cfg.decode.top_k)
                     self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
-                    self._row(m.name, seed, s, summarize(ranked, self._targets(s)))
+                    self._row(m.name, seed, s, self._score(ranked, s))
         if not adapters:
             return
         torch.manual_seed(seed)
@@ -365,7 +374,7 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
         "(a generated ID is a hit for any item carrying it)",
         "wall time": f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB",
     }
-    write_text(out / "results.md", markdown(run_.rows, summary))
+    write_text(out / "results.md", markdown(run_.rows, summary, compare_methods(run_.per_user)))
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
     console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))
     return run_.rows
