@@ -32,7 +32,7 @@ def small_run(tmp_path_factory):
         },
         "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 16, "lr": 3e-3},
         "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
-        "peso": {"lam": 100.0},
+        "peso": {"lam": 100.0, "sweep": [0.0]},
         "methods": ["peso", "single", "frozen", "popular"],
         "seeds": [0],
     }
@@ -48,7 +48,12 @@ def test_run_folder_has_every_output(small_run):
     for name in ("config.yaml", "manifest.json", "results.csv", "results.md", "ndcg10.png", "training.csv"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {r["method"] for r in rows} == {"peso", "single", "frozen", "popular"}
+    assert {r["method"] for r in rows} == {"peso", "single", "frozen", "popular", "peso[lam=0]"}
+    # the sweep's lambda 0 is `single`, step for step: same metrics on every block
+    by = {(r["method"], r["block"]): r for r in rows}
+    for b in ("1", "2"):
+        assert by[("peso[lam=0]", b)]["ndcg@10"] == by[("single", b)]["ndcg@10"]
+        assert by[("peso[lam=0]", b)]["hit@10"] == by[("single", b)]["hit@10"]
     assert {int(r["block"]) for r in rows} == {0, 1, 2}
     for col in ("seed", "users", "hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10", "train_seconds"):
         assert col in rows[0]
@@ -60,13 +65,16 @@ def test_run_folder_has_every_output(small_run):
     assert len(set(b0.values())) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collisions"]["shared_ids"] == 546 and manifest["packages"]["torch"]
-    assert "semantic-ID collisions: 546" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "semantic-ID collisions: 546" in text
+    assert "paired bootstrap 95% interval" in text and "| peso[lam=0] | +0.0000 [+0.0000, +0.0000] |" in text
     resolved = load_config(out / "config.yaml")
     assert resolved.data.max_users == 24 and resolved.peso.lam == 100.0
     log = list(csv.DictReader((out / "training.csv").open()))
     peso_b1 = [r for r in log if r["method"] == "peso" and r["block"] == "1"]
     assert peso_b1 and float(peso_b1[0]["proximal"]) > 0  # the term is logged beside the cross-entropy
     assert all(float(r["proximal"]) == 0 for r in log if r["method"] == "single")
+    assert 0 < float(peso_b1[0]["proximal_share"]) < 1
 
 
 def test_adapters_are_saved_in_peft_format_per_block(small_run):

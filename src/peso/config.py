@@ -110,6 +110,12 @@ class DecodeConfig(_Section):
 
 class PesoSettings(_Section):
     lam: float = Field(5.0, ge=0, description="lambda, weight of the softmax-KL proximal term")
+    tau: float = Field(
+        1.0, gt=0, description="softmax temperature on the adapter entries, softmax(v / tau); 1 = the paper"
+    )
+    sweep: list[float] = Field(
+        default_factory=list, description="extra PESO runs at these lambdas, named peso[lam=X]"
+    )
 
 
 class BaselineSettings(_Section):

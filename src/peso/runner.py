@@ -40,6 +40,7 @@ from peso.pack import pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
 from peso.strategies.base import BlockData, save_adapter
+from peso.strategies.peso import sweep as peso_sweep
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
 from peso.train import Encoded, encode, train_block
@@ -229,6 +230,8 @@ class Run:
                     "epoch": e + 1,
                     "train_ce": report.train_ce[e],
                     "proximal": report.train_penalty[e],
+                    "proximal_share": report.train_penalty[e]
+                    / (report.train_ce[e] + report.train_penalty[e]),
                     "valid_loss": report.valid_losses[e],
                     "best": int(e + 1 == report.best_epoch),
                 }
@@ -268,7 +271,7 @@ class Run:
     # --- one seed ------------------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
         cfg, prep = self.cfg, self.prep
-        methods = [create(n, cfg) for n in prep.methods]
+        methods = [create(n, cfg) for n in prep.methods] + peso_sweep(cfg)
         adapters = [m for m in methods if isinstance(m, AdapterStrategy)]
         for m in methods:
             if isinstance(m, StandaloneMethod):

@@ -128,3 +128,37 @@ def test_tiny_drift_gives_a_positive_accurate_term(tiny_lora):
     half_var = 0.5 * float((p * delta**2).sum() - (p * delta).sum() ** 2)
     kl = softmax_kl((prev + delta), torch.log_softmax(prev, 0)).item()
     assert kl > 0 and kl == pytest.approx(half_var, rel=1e-3)
+
+
+def test_tau_divides_the_entries_before_each_softmax(tiny_lora):
+    model, _, _ = tiny_lora
+    cfg = RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": 2.0, "tau": 0.25}})
+    strat = create("peso", cfg)
+    strat.setup_block(model, 1, None)
+    anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
+    with torch.no_grad():
+        for _, a, b in lora_layers(model):
+            a.add_(0.05 * torch.randn_like(a))
+            b.add_(0.05 * torch.randn_like(b))
+    by_hand = np.mean(
+        [
+            _np_kl(a.detach().numpy() / 0.25, anchors[n][0].numpy() / 0.25)
+            + _np_kl(b.detach().numpy() / 0.25, anchors[n][1].numpy() / 0.25)
+            for n, a, b in lora_layers(model)
+        ]
+    )
+    assert strat.extra_loss(model, None).item() == pytest.approx(2.0 * by_hand, rel=1e-5)
+    plain = create("peso", _cfg(2.0))
+    plain.anchors = {
+        n: tuple(torch.log_softmax(x.reshape(-1).double(), 0) for x in ab) for n, ab in anchors.items()
+    }
+    assert plain.extra_loss(model, None).item() < 0.2 * strat.extra_loss(model, None).item()  # ~ 1 / tau^2
+
+
+def test_sweep_adds_one_peso_per_lambda():
+    from peso.strategies.peso import sweep
+
+    cfg = RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": 5.0, "sweep": [0.5, 1e4]}})
+    runs = sweep(cfg)
+    assert [(m.name, m.lam) for m in runs] == [("peso[lam=0.5]", 0.5), ("peso[lam=10000]", 1e4)]
+    assert create("peso", cfg).name == "peso"  # the class keeps its name

@@ -2,6 +2,8 @@
 
 L = CE + lambda * mean_m [ KL(softmax(vec A_m) || softmax(vec A_m^prev)) + KL(softmax(vec B_m) || softmax(vec B_m^prev)) ]
 with one softmax over all entries of each flattened matrix and prev = the adapter at the end of the last block.
+Option (not in the paper): softmax(vec / tau). Near uniform the KL is ~ Var_p(delta) / (2 tau^2), so a small tau
+makes the term scale-aware for small adapter entries; tau = 1 is the paper.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor
 
 
 def proximal_term(
-    model: torch.nn.Module, anchors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module, anchors: dict[str, tuple[torch.Tensor, torch.Tensor]], tau: float = 1.0
 ) -> torch.Tensor:
-    """Mean over adapted modules of KL_A + KL_B against the anchors' log-softmaxes."""
+    """Mean over adapted modules of KL_A + KL_B against the anchors' log-softmaxes (of entries / tau)."""
     terms = [
-        softmax_kl(a, anchors[name][0]) + softmax_kl(b, anchors[name][1]) for name, a, b in lora_layers(model)
+        softmax_kl(a / tau, anchors[name][0]) + softmax_kl(b / tau, anchors[name][1])
+        for name, a, b in lora_layers(model)
     ]
     return torch.stack(terms).mean()
 
@@ -40,15 +43,15 @@ class Peso(AdapterStrategy):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.lam = cfg.peso.lam
+        self.lam, self.tau = cfg.peso.lam, cfg.peso.tau
         self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
         self.anchors = {
             name: (
-                F.log_softmax(a.detach().reshape(-1).double(), 0),
-                F.log_softmax(b.detach().reshape(-1).double(), 0),
+                F.log_softmax(a.detach().reshape(-1).double() / self.tau, 0),
+                F.log_softmax(b.detach().reshape(-1).double() / self.tau, 0),
             )
             for name, a, b in lora_layers(model)
         }
@@ -56,4 +59,14 @@ class Peso(AdapterStrategy):
     def extra_loss(self, model: torch.nn.Module, step: Step) -> torch.Tensor | None:
         if not self.anchors or self.lam == 0:
             return None
-        return (self.lam * proximal_term(model, self.anchors)).float()
+        return (self.lam * proximal_term(model, self.anchors, self.tau)).float()
+
+
+def sweep(cfg) -> list[Peso]:
+    """One PESO per lambda of `peso.sweep`, named peso[lam=X], to run beside the others."""
+    out = []
+    for lam in cfg.peso.sweep:
+        m = Peso(cfg)
+        m.lam, m.name = lam, f"peso[lam={lam:g}]"
+        out.append(m)
+    return out

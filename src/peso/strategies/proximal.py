@@ -219,4 +219,4 @@ class PesoAll(Peso):
     def extra_loss(self, model: torch.nn.Module, step: Step | None) -> torch.Tensor | None:
         if not self.past or self.lam == 0:
             return None
-        return (self.lam * torch.stack([proximal_term(model, a) for a in self.past]).mean()).float()
+        return (self.lam * torch.stack([proximal_term(model, a, self.tau) for a in self.past]).mean()).float()
