@@ -33,7 +33,8 @@ def small_run(tmp_path_factory):
         "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 16, "lr": 3e-3},
         "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
         "peso": {"lam": 100.0, "sweep": [0.0]},
-        "methods": ["peso", "single", "frozen", "popular"],
+        # retrain first: the methods after it must still start from the block-0 model
+        "methods": ["retrain", "peso", "single", "frozen", "popular"],
         "seeds": [0],
     }
     path = root / "cfg.yaml"
@@ -48,7 +49,7 @@ def test_run_folder_has_every_output(small_run):
     for name in ("config.yaml", "manifest.json", "results.csv", "results.md", "ndcg10.png", "training.csv"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {r["method"] for r in rows} == {"peso", "single", "frozen", "popular", "peso[lam=0]"}
+    assert {r["method"] for r in rows} == {"retrain", "peso", "single", "frozen", "popular", "peso[lam=0]"}
     # the sweep's lambda 0 is `single`, step for step: same metrics on every block
     by = {(r["method"], r["block"]): r for r in rows}
     for b in ("1", "2"):
@@ -75,6 +76,9 @@ def test_run_folder_has_every_output(small_run):
     assert peso_b1 and float(peso_b1[0]["proximal"]) > 0  # the term is logged beside the cross-entropy
     assert all(float(r["proximal"]) == 0 for r in log if r["method"] == "single")
     assert 0 < float(peso_b1[0]["proximal_share"]) < 1
+    # retrain trains like block 0 (its epochs, not the continual ones) at every block
+    assert {r["epoch"] for r in log if r["method"] == "retrain" and r["block"] == "2"} == {"1", "2"}
+    assert {r["epoch"] for r in log if r["method"] == "single" and r["block"] == "2"} == {"1"}
 
 
 def test_adapters_are_saved_in_peft_format_per_block(small_run):

@@ -112,6 +112,11 @@ class Packed:
         return out
 
 
+def concat(parts: list[Packed]) -> Packed:
+    """The segments of several blocks as one training set (`retrain`)."""
+    return Packed([s for p in parts for s in p.segments], all(p.causal for p in parts), parts[0].pad_id)
+
+
 def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_stream: bool) -> Segment:
     """Items a.. of `seq` as a stream after the prompt prefix, with the loss of `targets` (positions > a)."""
     last = max(targets) if in_stream else max(targets) - 1  # branches need the stream up to p - 1 only

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from rich.console import Console
 from safetensors.torch import save_file
 
@@ -36,7 +35,7 @@ from peso.errors import PesoError
 from peso.io import atomic_dir, write_text
 from peso.metrics import per_user
 from peso.model import TokenSpace, attach_lora, load_backbone, save_base
-from peso.pack import pack
+from peso.pack import concat, pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
 from peso.strategies.base import BlockData, save_adapter
@@ -202,7 +201,9 @@ class Run:
 
     def _train(self, model, strategy: AdapterStrategy | None, t: int, seed: int, enc, label: str):
         tc = self.cfg.train
-        continual = t > 0
+        continual = t > 0 and not (
+            strategy and strategy.retrains
+        )  # retraining is block 0 again, on more data
         torch.manual_seed(seed * 1000 + t)
         report = train_block(
             model,
@@ -300,9 +301,10 @@ class Run:
         s0 = prep.samples[0]
         full = cfg.train.full_block0 if cfg.train.full_block0 is not None else cfg.model.name == "tiny"
         adapter_params = {n for n, p in model.named_parameters() if p.requires_grad}
-        if full:
-            for p in model.parameters():
-                p.requires_grad_(True)
+        block0 = {n for n, p in model.named_parameters() if full or p.requires_grad}  # what block 0 trains
+        init = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}  # for `retrain`
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in block0)
         report0 = self._train(model, None, 0, seed, encs[0], "block0")
         for n, p in model.named_parameters():
             p.requires_grad_(n in adapter_params)
@@ -313,19 +315,29 @@ class Run:
             with atomic_dir(seed_dir / "base") as tmp:
                 save_base(model, tmp)
         nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
-        state0 = {
-            k: v.detach().clone()
-            for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
-        }
+        after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
         for m in adapters:
             self._row(m.name, seed, s0, metrics0, report0, nbytes0)
 
+        params = dict(model.named_parameters())
         for m in adapters:
-            set_peft_model_state_dict(model, state0)
+            _load(params, after0)  # every method starts from the same block-0 model
             for t, s in enumerate(prep.samples[1:], start=1):
                 report, nbytes = None, 0
                 block_dir = seed_dir / m.name / f"block_{s.number}"
-                if m.trains:
+                if m.retrains:  # from the block-0 starting point, on every block so far, as block 0 trains
+                    _load(params, init)
+                    for n, p in params.items():
+                        p.requires_grad_(n in block0)
+                    data = {
+                        "train": concat([encs[i]["train"] for i in range(t + 1)]),
+                        "valid": encs[t]["valid"],
+                    }
+                    report = self._train(model, m, t, seed, data, m.name)
+                    for n, p in params.items():
+                        p.requires_grad_(n in adapter_params)
+                    nbytes = export_block(m.export, model, space, block_dir / "adapter")
+                elif m.trains:
                     m.setup_block(
                         model, t, BlockData(encs[t]["train"], encs[t - 1]["train"], cfg.train.batch_size)
                     )
@@ -337,6 +349,12 @@ class Run:
                 )
                 self._row(m.name, seed, s, metrics, report, nbytes)
             m.teardown(model)
+
+
+def _load(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, v in state.items():
+            params[n].copy_(v)
 
 
 def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:

@@ -74,6 +74,7 @@ class AdapterStrategy(Method):
 
     uses_backbone = True
     trains: ClassVar[bool] = True  # False: evaluated with the block-0 model, never updated
+    retrains: ClassVar[bool] = False  # True: the runner retrains from scratch on blocks 0..t (no hooks)
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         """Before training block `block` (>= 1): take anchors, add modules, estimate a Fisher, etc."""
