@@ -56,6 +56,7 @@ class Prepared:
     tries: list[Trie]  # per block: the IDs of the items seen up to that block (the catalogue grows)
     samples: list[BlockSamples]
     methods: list[str]
+    simulation: dict | None = None  # `peso simulate`'s parameters, when the data came from it
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -89,7 +90,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                 "lower data.min_items or merge blocks",
             )
         samples.append(s)
-    return Prepared(data.name, index, tries, samples, list(cfg.methods))
+    return Prepared(data.name, index, tries, samples, list(cfg.methods), data.meta.get("simulation"))
 
 
 def _git_commit() -> str | None:
@@ -133,6 +134,7 @@ def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
         "levels": prep.index.level_sizes,
         "collisions": prep.index.collisions(),
         "blocks": {int(s.number): len(s) for s in prep.samples},
+        **({"simulation": prep.simulation} if prep.simulation else {}),
     }
 
 

@@ -96,6 +96,10 @@ def test_prepare_schema_and_the_run_reader(data_dir, tmp_path):
     cfg.write_text(f"data: {{path: {data_dir}}}\nmodel: {{name: tiny}}\n")
     prep = run_prepare(load_config(str(cfg), []))
     assert [len(s) for s in prep.samples] == [len(b) for b in data.blocks]
+    from peso.runner import manifest
+
+    # a run on simulated data records the generator's parameters beside its results
+    assert manifest(load_config(str(cfg), []), prep, [])["simulation"] == stats["simulation"]
 
 
 def test_latent_index_and_no_index(tmp_path):
