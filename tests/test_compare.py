@@ -69,3 +69,28 @@ def test_compare_methods_averages_seeds_and_skips_block_0():
     ]
     text = markdown(rows, {}, out)
     assert "paired bootstrap" in text and "| peso | +0.1500 [+0.1500, +0.1500] * |" in text
+
+
+def test_results_md_shows_per_block_mean_and_std_over_seeds_and_storage():
+    rows = [
+        {
+            "method": "peso",
+            "seed": sd,
+            "block": b,
+            "users": 5,
+            "hit@1": 0.0,
+            "hit@5": 0.0,
+            "hit@10": 0.1 * sd + 0.01 * b,
+            "ndcg@5": 0.0,
+            "ndcg@10": 0.02 * (sd + 1),
+            "train_seconds": 0.0,
+            "best_epoch": "",
+            "adapter_bytes": 1000 * b,
+        }
+        for sd in (0, 1)
+        for b in (0, 1, 2)
+    ]
+    text = markdown(rows, {})
+    # block 2: hit@10 over seeds 0.02 and 0.12 -> 0.07 ± 0.05; ndcg@10 0.02 and 0.04 -> 0.03 ± 0.01
+    assert "| peso | 0.0500 ± 0.0500 / 0.0300 ± 0.0100 | 0.0600 ± 0.0500 / 0.0300 ± 0.0100 |" in text
+    assert "0.0700 ± 0.0500 / 0.0300 ± 0.0100 | 2,000 |" in text

@@ -89,6 +89,7 @@ def markdown(rows: list[dict], summary: dict, intervals: dict | None = None) -> 
         ]
         for method, d in intervals.items():
             lines.append(f"| {method} | " + " | ".join(str(d[r]) if r in d else "" for r in refs) + " |")
+    lines += _per_block(rows)
     lines += ["", "## Every block", ""]
     cols = ["method", "seed", "block", "users", *METRICS, "train_seconds", "best_epoch"]
     lines.append("| " + " | ".join(cols) + " |")
@@ -100,6 +101,26 @@ def markdown(rows: list[dict], summary: dict, intervals: dict | None = None) -> 
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _per_block(rows: list[dict]) -> list[str]:
+    """Hit@10 / NDCG@10 per block, mean ± std over seeds, and the adapter state kept after each block."""
+    blocks = sorted({r["block"] for r in rows})
+    lines = ["", "## Per block: Hit@10 / NDCG@10 (mean ± std over seeds), adapter bytes after the block", ""]
+    lines.append("| method | " + " | ".join(f"block {b}" for b in blocks) + " | bytes after last block |")
+    lines.append("|---" * (len(blocks) + 2) + "|")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for b in blocks:
+            rs = [r for r in rows if r["method"] == method and r["block"] == b]
+            h, n = [r["hit@10"] for r in rs], [r["ndcg@10"] for r in rs]
+            cells.append(f"{_fmt(np.mean(h), np.std(h), len(h))} / {_fmt(np.mean(n), np.std(n), len(n))}")
+        last = [
+            r.get("adapter_bytes", 0) or 0 for r in rows if r["method"] == method and r["block"] == blocks[-1]
+        ]
+        cells.append(f"{int(np.max(last)):,}" if last else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
