@@ -68,6 +68,8 @@ def test_run_folder_has_every_output(small_run):
     assert manifest["collisions"]["shared_ids"] == 546 and manifest["packages"]["torch"]
     text = (out / "results.md").read_text()
     assert "semantic-ID collisions: 546" in text
+    share = next(line for line in text.splitlines() if "share of the training loss" in line)
+    assert "peso " in share and "single" not in share and "peso[lam=0]" not in share  # terms that exist
     assert "paired bootstrap 95% interval" in text and "| peso[lam=0] | +0.0000 [+0.0000, +0.0000] |" in text
     resolved = load_config(out / "config.yaml")
     assert resolved.data.max_users == 24 and resolved.peso.lam == 100.0

@@ -397,6 +397,14 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
         "(a generated ID is a hit for any item carrying it)",
         "wall time": f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB",
     }
+    shares: dict[str, list[float]] = {}
+    for r in run_.train_log:
+        if r["block"] > 0 and r["proximal"] > 0:
+            shares.setdefault(r["method"], []).append(r["proximal_share"])
+    if shares:  # how much the extra term weighs: lambda is only meaningful against it
+        summary["extra term's share of the training loss (mean over continual epochs)"] = ", ".join(
+            f"{m} {np.mean(v):.2e}" for m, v in shares.items()
+        )
     write_text(out / "results.md", markdown(run_.rows, summary, compare_methods(run_.per_user)))
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
     console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))
