@@ -22,6 +22,7 @@ import torch
 
 from peso.config import load_config
 from peso.decode import brute_force_scores, recommend
+from peso.io import write_text
 from peso.metrics import summarize
 from peso.model import attach_lora, load_backbone, merged
 from peso.pack import pack
@@ -223,10 +224,7 @@ def main() -> None:
         result["recall"].append(row)
         print(json.dumps(row))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 from peso.config import RunConfig
 from peso.hub import resolve
+from peso.io import write_text
 from peso.model import attach_lora, load_backbone
 from peso.pack import pack
 from peso.runner import prepare
@@ -144,10 +145,7 @@ def main() -> None:
         f" {args.batch_size} targets, peak RSS {result['peak_rss_mb']:.0f} MiB"
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

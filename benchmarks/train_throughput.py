@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from peso.config import load_config
+from peso.io import write_text
 from peso.model import attach_lora, load_backbone
 from peso.pack import IGNORE, Packed, pack
 from peso.runner import prepare
@@ -188,10 +189,7 @@ def main() -> None:
         f" of a {peak32 / 1e9:.1f} GFLOP/s float32 matmul peak (mfu {result['mfu']:.3f})"
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,11 @@ def tiny_lora():
     cfg = ModelConfig.model_validate(
         {"name": "tiny", "tiny": {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64}}
     )
+    return adapted(cfg, index)
+
+
+def adapted(cfg: ModelConfig, index: ItemIndex):
+    """Backbone + LoRA with B randomised (not PEFT's zero), in eval mode: no dropout, gradients still flow."""
     backbone, space = load_backbone(cfg, index)
     model = attach_lora(backbone, cfg, space)
     with torch.no_grad():

@@ -12,10 +12,9 @@ from transformers import AutoConfig, LlamaForCausalLM
 
 from peso.config import ModelConfig
 from peso.data.samples import BlockSamples
-from peso.model import attach_lora, load_backbone
 from peso.pack import IGNORE, pack
 from peso.train import encode, packed_loss, plan_batches
-from tests.conftest import small_index
+from tests.conftest import adapted, small_index
 
 HISTORY = 3
 
@@ -59,23 +58,6 @@ def assert_same(model, space, s: BlockSamples, split: str, share: bool) -> None:
 
 
 @pytest.fixture
-def tiny2():
-    torch.manual_seed(0)
-    index = small_index()
-    cfg = ModelConfig.model_validate(
-        {"name": "tiny", "tiny": {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64}}
-    )
-    backbone, space = load_backbone(cfg, index)
-    model = attach_lora(backbone, cfg, space)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    model.eval()  # no dropout: both sides must see the same function (gradients still flow)
-    return model, space, index
-
-
-@pytest.fixture
 def prompted2(local_checkpoint, tmp_path):
     """The stand-in LLM with two layers: prompt prefix, separators, suffix and EOS around the items."""
     folder = tmp_path / "llm2"
@@ -86,20 +68,13 @@ def prompted2(local_checkpoint, tmp_path):
     LlamaForCausalLM(config).save_pretrained(folder)
     index = small_index()
     cfg = ModelConfig.model_validate({"name": str(folder), "lora": {"target_modules": ["q_proj", "v_proj"]}})
-    backbone, space = load_backbone(cfg, index)
-    model = attach_lora(backbone, cfg, space)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    model.eval()  # no dropout: both sides must see the same function (gradients still flow)
-    return model, space, index
+    return adapted(cfg, index)
 
 
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("split", ["train", "valid"])
-def test_packed_equals_per_example_with_bare_item_tokens(tiny2, share, split):
-    model, space, index = tiny2
+def test_packed_equals_per_example_with_bare_item_tokens(tiny_lora, share, split):
+    model, space, index = tiny_lora
     s = samples(len(index.items))
     assert pack(s, space, split).causal
     assert_same(model, space, s, split, share)
@@ -115,8 +90,8 @@ def test_packed_equals_per_example_with_the_instruction_prompt(prompted2, attn):
     assert_same(model, space, s, "train", share=True)
 
 
-def test_a_user_within_the_window_is_one_segment_and_later_targets_one_each(tiny2):
-    _, space, _ = tiny2
+def test_a_user_within_the_window_is_one_segment_and_later_targets_one_each(tiny_lora):
+    _, space, _ = tiny_lora
     seq = np.arange(8)  # targets 1..5 (6 is validation, 7 test); windows of 3
     s = BlockSamples(0, ["u"], [seq], np.array([0]), HISTORY)
     packed = pack(s, space, "train")
