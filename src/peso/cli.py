@@ -31,7 +31,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise PesoError("peso run", "needs --config and --out", "give both, or --resume RUN_DIR")
         out = Path(args.out)
         run(load_config(args.config, args.set), out, overwrite=args.overwrite, argv=argv)
-    print(f"results: {out / 'results.md'}")
+    from peso.io import is_main
+
+    if is_main():
+        print(f"results: {out / 'results.md'}")
     return 0
 
 
@@ -145,6 +148,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         sequential=args.sequential,
         temperature=args.temperature,
         base_factor=args.base_factor,
+        trend_share=args.trend_share,
+        trend_items=args.trend_items,
+        trend_persistence=args.trend_persistence,
+        new_item_share=args.new_item_share,
         seed=args.seed,
         tokens=args.tokens,
     )
@@ -258,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of each pick (1)")
     s.add_argument(
         "--base-factor", type=float, default=3.0, help="block 0 holds this many times a later block (3)"
+    )
+    # item-side dynamics, invisible in a user's history: the defaults (shares 0) give the old world exactly
+    s.add_argument(
+        "--trend-share",
+        type=float,
+        default=0.0,
+        help="share of picks drawn uniformly from the block's hot set, whatever the user's taste (0: off)",
+    )
+    s.add_argument("--trend-items", type=int, default=20, help="items in each block's hot set (20)")
+    s.add_argument(
+        "--trend-persistence",
+        type=float,
+        default=0.0,
+        help="chance a hot item stays hot in the next block (0: a new trend every block)",
+    )
+    s.add_argument(
+        "--new-item-share",
+        type=float,
+        default=0.0,
+        help="share of a later block's picks drawn by taste among the items arriving in it (0: off)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(

@@ -122,8 +122,33 @@ class PesoSettings(_Section):
     )
 
 
+class SasrecSettings(_Section):
+    """SASRec (Kang & McAuley 2018), the non-LLM next-item reference (`sasrec-finetune`, `sasrec-retrain`)."""
+
+    hidden: int = Field(64, ge=8, description="item / position embedding size")
+    layers: int = Field(2, ge=1, description="self-attention blocks")
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    # few epochs: the full softmax over every item dominates the cost on CPU (~3 ms a target for 39k items)
+    epochs: int = Field(2, ge=1, description="most epochs of block 0 (and of every retraining)")
+    continual_epochs: int = Field(1, ge=1, description="most epochs of a fine-tuned block 1..")
+    patience: int = Field(2, ge=1, description="stop after this many epochs without a lower validation loss")
+    batch_size: int = Field(128, ge=1, description="training targets per step (128: the SASRec paper)")
+    max_len: int | None = Field(
+        None, ge=1, description="positions read: the window's last max_len items (default: data.history)"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> SasrecSettings:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
 class BaselineSettings(_Section):
-    """Weights of the other proximal terms (the paper's comparison); untuned defaults."""
+    """Settings of the other baselines (the paper's comparison): the proximal terms' weights, SD-LoRA's and
+    InfLoRA's knobs; untuned defaults."""
 
     l2: float = Field(1.0, ge=0, description="weight of mean_m (||A - A_prev||_F + ||B - B_prev||_F)")
     orthogonal: float = Field(
@@ -136,6 +161,48 @@ class BaselineSettings(_Section):
     ewc_targets: int = Field(
         2048, ge=1, description="previous-block training targets used to estimate the EWC Fisher"
     )
+    sdlora_magnitude_init: float = Field(
+        1.0,
+        gt=0,
+        description="SD-LoRA: start value of the current adapter's magnitude and of each newly frozen "
+        "past adapter's (1: the paper); older past adapters keep their learned magnitudes",
+    )
+    inflora_energy: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="InfLoRA: share of earlier blocks' layer-input energy the protected basis covers "
+        "(GPM / InfLoRA use 0.95-0.99; higher protects more and leaves fewer free directions)",
+    )
+    inflora_targets: int = Field(
+        512, ge=1, description="InfLoRA: training targets per block whose layer inputs estimate the subspace"
+    )
+
+
+class GraphSettings(_Section):
+    """LightGCN and its continual variants (`lightgcn-finetune`, `pisa`, `contrastive-piw`); defaults as in
+    the PISA repository (github.com/hsyoo32/pisa: README, _tester.py, argparse defaults) except the epochs, batch
+    size and learning rate, which are sized for CPU runs."""
+
+    dim: int = Field(64, ge=1, description="embedding size")
+    layers: int = Field(2, ge=0, description="LightGCN propagation layers")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate (the repository: 1e-3 at batch 1024)")
+    l2: float = Field(1e-5, ge=0, description="Adam weight decay")
+    batch_size: int = Field(4096, ge=1, description="interactions per step (the repository: 1024; CPU speed)")
+    negatives: int = Field(4, ge=1, description="BPR negatives per positive")
+    epochs: int = Field(
+        20, ge=1, description="epochs of block 0 (the repository: up to 500, early-stopped on validation)"
+    )
+    continual_epochs: int = Field(
+        15, ge=1, description="epochs of each later block and of PISA's forward model (the repo: <= 500)"
+    )
+    clusters: int = Field(20, ge=1, description="k-means clusters of item embeddings (PISA, PIW)")
+    kmeans_iters: int = Field(100, ge=1, description="most Lloyd iterations of each k-means")
+    temperature: float = Field(0.5, gt=0, description="InfoNCE temperature tau")
+    pisa_alpha: float = Field(0.5, ge=0, description="PISA: alpha, weight of the plasticity/stability terms")
+    pisa_ratio: float = Field(0.2, gt=0, le=1, description="PISA: L, top/bottom share of users selected")
+    piw_weight: float = Field(0.1, ge=0, description="Contrastive+PIW: weight of the distillation terms")
+    piw_hidden: int = Field(50, ge=1, description="Contrastive+PIW: hidden units of the weighting MLP")
 
 
 class RunConfig(_Section):
@@ -145,6 +212,8 @@ class RunConfig(_Section):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     peso: PesoSettings = Field(default_factory=PesoSettings)
     baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+    sasrec: SasrecSettings = Field(default_factory=SasrecSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
     methods: list[str] = Field(default_factory=lambda: ["peso", "single", "frozen", "popular"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from peso.io import is_main
 from peso.model import TokenSpace, merged
 from peso.pack import mask_dtype
 from peso.tokenize.trie import Trie
@@ -31,6 +32,7 @@ def beam_search_batch(
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, space.pad_id)
     ids, mask = ids.to(device), mask.to(device)
+    trie = trie.to(device)
     pos = position_ids(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, width = out.cache, ids.shape[1]
@@ -97,10 +99,12 @@ def recommend(
     # similar lengths together: less padding
     order = np.argsort([len(p) for p in prompts], kind="stable")
     with merged(model) if merge else nullcontext(model):
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, mininterval=1.0):
+        for start in tqdm(
+            range(0, len(prompts), batch_size), desc=desc, leave=False, mininterval=1.0, disable=not is_main()
+        ):
             rows = order[start : start + batch_size]
             sids, _ = beam_search_batch(model, [prompts[r] for r in rows], space, trie, beam, top_k)
-            out[rows] = sids.numpy()
+            out[rows] = sids.cpu().numpy()
     return out
 
 

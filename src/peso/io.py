@@ -1,4 +1,7 @@
-"""Atomic writes: a reader never sees a half-written file or folder (temp, then rename)."""
+"""Atomic writes: a reader never sees a half-written file or folder (temp, then rename).
+
+In a run of several processes (`peso.dist`) only the main one writes; the others' writes go nowhere, so
+that every process can run the same code."""
 
 from __future__ import annotations
 
@@ -10,7 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def is_main() -> bool:
+    """The process that writes and prints: the only one, or rank 0 of several."""
+    import torch.distributed as dist  # torch is loaded by then; peso.dist would also load accelerate
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def write_text(path: Path, text: str) -> None:
+    if not is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -27,6 +39,10 @@ def write_text(path: Path, text: str) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` in one rename."""
+    if not is_main():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -43,6 +59,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path` for a writer that takes a file name (savefig, safetensors)."""
+    if not is_main():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)

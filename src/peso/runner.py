@@ -27,9 +27,10 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
+from peso import dist
 from peso.compare import compare_methods
 from peso.config import RunConfig
 from peso.data.load import read_blocks
@@ -51,7 +53,7 @@ from peso.model import TokenSpace, attach_lora, load_backbone, save_base
 from peso.pack import concat, pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
-from peso.strategies.base import BlockData, save_adapter
+from peso.strategies.base import BlockData, Catalogue, save_adapter
 from peso.strategies.peso import sweep as peso_sweep
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
@@ -70,6 +72,7 @@ class Prepared:
     samples: list[BlockSamples]
     methods: list[str]
     simulation: dict | None = None  # `peso simulate`'s parameters, when the data came from it
+    known: list[np.ndarray] = field(default_factory=list)  # per block: sorted item indices seen so far
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -92,10 +95,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     data = read_blocks(cfg.data.path, cfg.data.blocks)  # DATA_DIR or release folder
     index = ItemIndex.from_tokens(data.index, data.index_source)
     ids = index.item_ids()
-    samples, tries, seen = [], [], np.zeros(len(index.items), dtype=bool)
+    samples, tries, known_items, seen = [], [], [], np.zeros(len(index.items), dtype=bool)
     for block in data.blocks:
         for items in (*block.previous, *block.current):
             seen[[ids[i] for i in items]] = True
+        known_items.append(np.flatnonzero(seen))
         known = np.unique(index.sid[seen])
         tries.append(Trie(index.sid_codes[known], index.level_sizes, known))
         s = build_samples(block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users)
@@ -106,7 +110,9 @@ def prepare(cfg: RunConfig) -> Prepared:
                 "lower data.min_items or merge blocks",
             )
         samples.append(s)
-    return Prepared(data.name, index, tries, samples, list(cfg.methods), data.meta.get("simulation"))
+    return Prepared(
+        data.name, index, tries, samples, list(cfg.methods), data.meta.get("simulation"), known_items
+    )
 
 
 def _git_commit() -> str | None:
@@ -241,9 +247,19 @@ class Run:
 
     def _eval(self, model, space, enc: Encoded, t: int, desc: str, out_dir: Path) -> dict[str, float]:
         d, s = self.cfg.decode, self.prep.samples[t]
+        mine = dist.shard(len(enc.prompts))  # each process decodes its own users; all are gathered back
         ranked = recommend(
-            model, enc.prompts, space, self.prep.tries[t], d.beam, d.top_k, d.batch_size, desc, d.merge
+            model,
+            [enc.prompts[i] for i in mine],
+            space,
+            self.prep.tries[t],
+            d.beam,
+            d.top_k,
+            d.batch_size,
+            desc,
+            d.merge,
         )
+        ranked = dist.gather_rows(ranked)
         self._save_recs(s, ranked, out_dir)
         return self._score(ranked, s)
 
@@ -399,11 +415,20 @@ class Run:
         for m in methods:
             if isinstance(m, StandaloneMethod) and not self._replay(seed, m.name):
                 mark = self._begin()
-                for s in prep.samples:
-                    m.fit_block(prep.index.sid[s.train_targets()], prep.index.n_sids)
-                    ranked = m.rank(len(s), cfg.decode.top_k)
+                index = prep.index
+                m.start(seed, Catalogue(index.sid, len(index.items), index.n_sids, prep.known))
+                for t, s in enumerate(prep.samples):
+                    seconds = m.fit_block(t, s)
+                    ranked = m.rank(t, s, cfg.decode.top_k)
                     self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
-                    self._row(m.name, seed, s, self._score(ranked, s))
+                    report = None
+                    if seconds is not None:  # what `_row` reads of a training report
+                        n = m.trained_targets or len(s.examples("train"))
+                        rate = n / max(seconds, 1e-9)
+                        report = SimpleNamespace(
+                            seconds=seconds, best_epoch=m.best_epoch or "", targets_per_second=rate
+                        )
+                    self._row(m.name, seed, s, self._score(ranked, s), report)
                 self._commit(seed, m.name, mark)
         if not adapters:
             return
@@ -415,7 +440,7 @@ class Run:
         torch.manual_seed(seed)
         np.random.seed(seed)
         backbone, space = load_backbone(cfg.model, prep.index)
-        model = attach_lora(backbone, cfg.model, space)
+        model = attach_lora(backbone, cfg.model, space).to(dist.device())
         encs = [
             {
                 "train": pack(s, space, "train", share=cfg.train.packing),
@@ -491,6 +516,18 @@ class Run:
             self._commit(seed, m.name, mark)
 
 
+def _prepare_once(cfg: RunConfig) -> Prepared:
+    """`prepare` in every process, the main one first: converting a model alias into the cache happens once."""
+    dist.world()  # starts the process group, if launched as several
+    console.quiet = not dist.is_main()
+    if not dist.is_main():
+        dist.barrier()
+    prep = prepare(cfg)
+    if dist.is_main():
+        dist.barrier()
+    return prep
+
+
 def _load(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, v in state.items():
@@ -505,16 +542,19 @@ def write_progress(out: Path, completed: list[str], seconds: float, finished: bo
 
 def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:
     """Validate, then run every seed and method; returns the result rows."""
-    prep = prepare(cfg)
+    prep = _prepare_once(cfg)
     if out.exists() and not out.is_dir():
         raise PesoError(str(out), "exists and is not a folder", "choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise PesoError(
-                str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    full = out.exists() and any(out.iterdir())
+    if full and not overwrite:
+        raise PesoError(
+            str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out"
+        )
+    dist.barrier()  # every process has looked before the main one clears it
+    if dist.is_main():
+        if full:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = manifest(cfg, prep, argv or sys.argv)
@@ -560,6 +600,8 @@ def load_resumable(out: Path) -> tuple[RunConfig, dict]:
 def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = None) -> list[dict]:
     """Continue a killed run from its completed units (see the module docstring); a finished run is only
     reported again. `given` (from --config / --set), if any, must equal the saved config."""
+    dist.world()
+    console.quiet = not dist.is_main()
     cfg, progress = load_resumable(out)
     if given is not None:
         diff = _first_difference(_comparable(cfg.dump()), _comparable(given.dump()))
@@ -569,8 +611,11 @@ def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = N
                 f"--config differs from the run's saved config.yaml at '{diff}'",
                 "drop --config and --set to resume with the saved config, or start a new run with another --out",
             )
-    prep = prepare(cfg)
-    for tmp in sorted(out.rglob(".*.tmp"), reverse=True):  # what writers killed mid-write left (peso.io)
+    prep = _prepare_once(cfg)
+    dist.barrier()  # every process has read progress.json before the main one cleans up
+    for tmp in (
+        sorted(out.rglob(".*.tmp"), reverse=True) if dist.is_main() else []
+    ):  # what writers killed mid-write left (peso.io)
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -607,6 +652,9 @@ def _execute(
         run_.seed(seed)
     info["wall_seconds"] = round(run_.elapsed(), 1)  # over every session, up to the last completed unit
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    info["processes"] = dist.world()
+    if torch.cuda.is_initialized():
+        info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     summary = {
         "dataset": prep.name,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from peso import dist
 from peso.data.samples import BlockSamples
 from peso.model import TokenSpace
 from peso.pack import IGNORE, Packed, Step, mask_dtype
@@ -100,16 +101,21 @@ def plan_batches(
 def evaluate_loss(
     model: torch.nn.Module, packed: Packed, temperature: float, batch_size: int, autocast: bool = False
 ) -> float:
-    """Mean cross-entropy per target token."""
+    """Mean cross-entropy per target token (each process takes a shard of the segments; the sum is global)."""
     model.eval()
-    order = np.argsort(packed.lengths, kind="stable")
+    order = np.argsort(packed.lengths, kind="stable")[dist.rank() :: dist.world()]
     total = 0.0
     for start in range(0, len(order), batch_size):
         total += packed_loss(
             model, packed, order[start : start + batch_size], temperature, autocast, "sum"
         ).item()
-    tokens = sum(int((s.labels != IGNORE).sum()) for s in packed.segments)
-    return total / max(tokens, 1)
+    (total,) = dist.all_sum(total)
+    return total / max(int(label_counts(packed).sum()), 1)
+
+
+def label_counts(packed: Packed) -> np.ndarray:
+    """Target tokens carrying a loss, per segment."""
+    return np.array([int((s.labels != IGNORE).sum()) for s in packed.segments], dtype=np.int64)
 
 
 @dataclass
@@ -145,7 +151,11 @@ def train_block(
     extra_loss: Callable[[torch.nn.Module, Step], torch.Tensor | None] = lambda m, s: None,
     desc: str = "train",
 ) -> BlockReport:
-    """Train the parameters that require grad; restore the epoch with the lowest validation loss."""
+    """Train the parameters that require grad; restore the epoch with the lowest validation loss.
+
+    Across several processes (`peso.dist`) every process plans the same global batches and takes its share
+    of each; the loss is the process's sum over its target tokens x world / the batch's tokens, so that DDP's
+    gradient average is the mean over the global batch: the same steps as one process, up to float order."""
     params = [p for p in model.parameters() if p.requires_grad]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2]
@@ -163,17 +173,32 @@ def train_block(
     sched = get_cosine_schedule_with_warmup(opt, min(warm, total), total)
     report = BlockReport(epochs=epochs, best_epoch=0)
     best_loss, best_state = math.inf, None
+    tokens, world = label_counts(train), dist.world()
+    wrapped = dist.wrap(model)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         ce_sum = pen_sum = 0.0
         batches = plan[epoch - 1]
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{epochs}", leave=False, mininterval=1.0)
+        bar = tqdm(
+            batches,
+            desc=f"{desc} epoch {epoch}/{epochs}",
+            leave=False,
+            mininterval=1.0,
+            disable=not dist.is_main(),
+        )
         for step, rows in enumerate(bar):
-            step_out = forward_targets(model, train, rows, autocast)
-            ce = F.cross_entropy(step_out.logits.float() / temperature, step_out.labels)
+            mine, weight = (rows, True) if world == 1 else dist.shard_rows(rows)
+            step_out = forward_targets(wrapped, train, mine, autocast)
+            logits = step_out.logits.float() / temperature
+            if world == 1:
+                ce = F.cross_entropy(logits, step_out.labels)
+            else:  # this process's part of the global batch's mean
+                ce = F.cross_entropy(logits, step_out.labels, reduction="sum") * (
+                    weight / int(tokens[rows].sum())
+                )
             extra = extra_loss(model, step_out)
-            loss = ce if extra is None else ce + extra
+            loss = ce * world if extra is None else ce * world + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -182,8 +207,11 @@ def train_block(
             sched.step()
             ce_sum += ce.item()
             pen_sum += 0.0 if extra is None else extra.item()
-            if step % 20 == 0:
-                bar.set_postfix(ce=f"{ce.item():.3f}", prox=f"{0.0 if extra is None else extra.item():.2e}")
+            if step % 20 == 0:  # this process's share x world: about the batch's mean
+                bar.set_postfix(
+                    ce=f"{ce.item() * world:.3f}", prox=f"{0.0 if extra is None else extra.item():.2e}"
+                )
+        ce_sum, pen_sum = dist.all_sum(ce_sum, pen_sum / world)  # per-process parts of each batch's mean
         report.train_ce.append(ce_sum / len(batches))
         report.train_penalty.append(pen_sum / len(batches))
         report.targets += int(counts.sum())
@@ -196,6 +224,7 @@ def train_block(
         with torch.no_grad():
             for p, s in zip(params, best_state, strict=True):
                 p.copy_(s)
+    dist.unwrap(wrapped)
     report.seconds = time.perf_counter() - start
     model.eval()
     return report

@@ -3,6 +3,7 @@ flags ask for (sharp shifts, new items, long-term vs drifting taste, sequential 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -173,6 +174,144 @@ def test_sequential_pull():
     assert pulled > flat + 0.15, (pulled, flat)
 
 
+# ------------------------------------------------------------------------------------ item-side dynamics
+
+
+def digest(df: pl.DataFrame) -> str:
+    """A short hash of a frame's values (numbers as raw bytes, strings joined), independent of file formats."""
+    h = hashlib.sha256()
+    for name in df.columns:
+        col = df[name]
+        h.update(name.encode())
+        if col.dtype.is_numeric() or col.dtype == pl.Boolean:
+            h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
+        else:
+            h.update("\n".join(col.to_list()).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        (SMALL, ["cabe20f3bdc50c2c", "7cf4ddb4c28fcbf5", "f3cea1b23bc7acf6"]),
+        (
+            dict(SMALL, seed=5, shift_share=0.3, new_items_per_block=0.1, past_weight=0.2, drift=0.6),
+            ["9af76bac2a56981b", "9ca3dc7c17527938", "77c7191b1683742d"],
+        ),
+    ],
+)
+def test_old_parameters_give_the_old_world(params, expected):
+    """The item-side flags at their defaults draw nothing: interactions and truth equal, value for value, what
+    the generator wrote before they existed (hashes from the generator at commit 4615e7c), so the sim-stable
+    and sim-shifting results stay reproducible."""
+    w = generate(SimParams(**params))
+    assert [digest(w.interactions), digest(w.truth_items), digest(w.truth_users)] == expected
+    assert w.truth_trends.height == 0
+
+
+def hot_and_fresh(w: World) -> pl.DataFrame:
+    """Per block: the share of picks on that block's hot items and on the items arriving in that block."""
+    hot = w.truth_trends.with_columns(pl.lit(True).alias("hot"))
+    df = w.interactions.join(w.truth_items.select("item", "arrival_block"), on="item")
+    df = df.join(hot, on=["block", "item"], how="left").with_columns(pl.col("hot").fill_null(False))
+    fresh = (pl.col("arrival_block") == pl.col("block")).mean().alias("fresh")
+    return df.group_by("block").agg(pl.col("hot").mean(), fresh).sort("block")
+
+
+def test_trend_share_is_honoured():
+    """A trend pick lands on the hot set by construction, a taste pick by chance (hot set = 20 of >= 200
+    items, ~10%): the measured share is trend_share plus (1 - trend_share) x that chance, in every block.
+    (20 hot items: enough that hardly a user exhausts them in block 0's ~18 picks and falls back to taste.)"""
+    for share in (0.2, 0.6):
+        w = generate(SimParams(**SMALL, trend_share=share, trend_items=20))
+        sizes = w.truth_trends.group_by("block").len().sort("block")
+        assert sizes.rows() == [(0, 20), (1, 20), (2, 20), (3, 20)]
+        measured = hot_and_fresh(w)["hot"].to_numpy()
+        high = share + (1 - share) * 0.1 + 0.05
+        assert np.all(measured > share - 0.04) and np.all(measured < high), (share, measured)
+    off = hot_and_fresh(generate(SimParams(**SMALL, trend_share=0.0)))
+    assert off["hot"].sum() == 0  # no hot set at all
+
+
+def test_trend_persistence():
+    """0: each block draws a new hot set (overlap by chance only); 1: the same set every block."""
+
+    def overlaps(persistence: float) -> list[float]:
+        w = generate(SimParams(**SMALL, trend_share=0.3, trend_items=20, trend_persistence=persistence))
+        sets = [set(g["item"]) for _, g in w.truth_trends.group_by("block", maintain_order=True)]
+        return [len(a & b) / 20 for a, b in zip(sets, sets[1:], strict=False)]
+
+    assert max(overlaps(0.0)) <= 0.3  # 20 of ~200 items: 10% expected by chance
+    assert overlaps(1.0) == [1.0, 1.0, 1.0]
+    assert 0.2 < np.mean(overlaps(0.5)) < 0.8
+
+
+def test_new_items_take_their_share():
+    """A fresh pick goes to an item arriving in this block: in every later block their share is at least
+    new_item_share and at most that plus (1 - new_item_share) x what taste alone gives them."""
+    base = dict(SMALL, new_items_per_block=0.1)
+    alone = hot_and_fresh(generate(SimParams(**base)))["fresh"].to_numpy()[1:]
+    assert alone.max() < 0.25  # unseen by everyone, new items are a little over-picked by taste alone
+    w = generate(SimParams(**base, new_item_share=0.4))
+    fresh = hot_and_fresh(w)["fresh"].to_numpy()[1:]
+    assert np.all(fresh > 0.4 - 0.04) and np.all(fresh < 0.4 + 0.6 * alone.max() + 0.05), (fresh, alone)
+    # fresh picks follow taste: a user's fresh items lie in genres the user favours, so the genre
+    # histograms of a user's fresh and other picks agree more than those of two random users
+    df = w.interactions.join(w.truth_items, on="item").filter(pl.col("block") > 0)
+    df = df.with_columns((pl.col("arrival_block") == pl.col("block")).alias("is_fresh"))
+    h = (
+        df.group_by("user", "is_fresh", "cluster")
+        .len()
+        .pivot("cluster", index=["user", "is_fresh"])
+        .fill_null(0)
+    )
+    f = h.filter(pl.col("is_fresh")).sort("user")
+    o = h.filter(~pl.col("is_fresh")).join(f.select("user"), on="user").sort("user")
+    f = f.join(o.select("user"), on="user").sort("user")
+    cols = sorted(set(f.columns) & set(o.columns) - {"user", "is_fresh"})
+    a, b = f.select(cols).to_numpy().astype(float), o.select(cols).to_numpy().astype(float)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    same = (a * b).sum(1).mean()
+    other = (a * np.roll(b, 1, axis=0)).sum(1).mean()
+    assert same > other + 0.2, (same, other)
+
+
+def test_item_side_dynamics_are_seeded_and_written(tmp_path):
+    params = dict(SMALL, trend_share=0.4, trend_items=15, trend_persistence=0.3, new_item_share=0.2)
+    a, b = generate(SimParams(**params, seed=7)), generate(SimParams(**params, seed=7))
+    assert a.interactions.equals(b.interactions) and a.truth_trends.equals(b.truth_trends)
+    c = generate(SimParams(**params, seed=8))
+    assert not a.truth_trends.equals(c.truth_trends) and not a.interactions.equals(c.interactions)
+
+    out = tmp_path / "world"
+    flags = ["--trend-share", "0.4", "--trend-items", "15", "--trend-persistence", "0.3"]
+    assert (
+        main(["simulate", "--out", str(out), *SMALL_FLAGS, *flags, "--new-item-share", "0.2", "--seed", "7"])
+        == 0
+    )
+    assert pl.read_parquet(out / "truth_trends.parquet").equals(a.truth_trends)
+    assert pl.read_parquet(out / INTERACTIONS).equals(a.interactions)
+    sim = json.loads((out / STATS).read_text())["simulation"]  # recorded in the run's manifest
+    assert (sim["trend_share"], sim["trend_items"], sim["trend_persistence"], sim["new_item_share"]) == (
+        0.4,
+        15,
+        0.3,
+        0.2,
+    )
+    simulate(tmp_path / "plain", SimParams(**SMALL))
+    assert not (tmp_path / "plain" / "truth_trends.parquet").exists()  # the old set of files
+
+
+def test_shares_that_exceed_one_exit_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = cli(
+        capsys, "simulate", "--out", str(out), *SMALL_FLAGS, "--trend-share", "0.7", "--new-item-share", "0.4"
+    )
+    assert code == 2 and err.startswith("peso: error: --new-item-share:") and "fix:" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -190,6 +329,10 @@ def test_sequential_pull():
         ("--drift", "nan"),
         ("--temperature", "0"),
         ("--seed", "-1"),
+        ("--trend-share", "1.5"),
+        ("--trend-items", "0"),
+        ("--trend-persistence", "nan"),
+        ("--new-item-share", "-0.1"),
     ],
 )
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, capsys, flag, value):

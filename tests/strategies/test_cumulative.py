@@ -13,7 +13,7 @@ from peso.model import lora_layers, merged
 from peso.pack import pack
 from peso.strategies import REGISTRY, create
 from peso.strategies.base import BlockData
-from peso.strategies.cumulative import CHILD, INFLORA_ENERGY, lora_modules
+from peso.strategies.cumulative import CHILD, lora_modules
 from peso.tokenize.trie import Trie
 from peso.train import forward_targets
 
@@ -209,12 +209,13 @@ def test_inflora_a_is_orthogonal_to_earlier_inputs_and_only_b_trains(tiny_lora, 
     end0 = adapters(model)
     strat.setup_block(model, 1, data)
 
-    basis = strat.basis[name]  # GPM: orthonormal, covering INFLORA_ENERGY of block 0's input energy, minimal
+    basis = strat.basis[name]  # GPM: orthonormal, covering inflora_energy of block 0's input energy, minimal
     k = basis.shape[1]
     assert 0 < k <= 32 - 8
     assert torch.allclose(basis.T @ basis, torch.eye(k, dtype=basis.dtype), atol=1e-8)
     energy = lambda u: float(((h_prev @ u) ** 2).sum() / (h_prev**2).sum())  # noqa: E731
-    assert energy(basis) >= INFLORA_ENERGY and energy(basis[:, :-1]) < INFLORA_ENERGY
+    share = CFG.baselines.inflora_energy
+    assert energy(basis) >= share and energy(basis[:, :-1]) < share
 
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     assert (a.double() @ basis).abs().max() < 1e-6  # |A U| ~ 0: rows outside earlier inputs' subspace
@@ -248,6 +249,48 @@ def test_inflora_a_is_orthogonal_to_earlier_inputs_and_only_b_trains(tiny_lora, 
     assert torch.allclose(strat.basis[name][:, :k], basis)
     assert len(getattr(layer, CHILD).A) == 2
     assert (layer.lora_A["default"].weight.double() @ strat.basis[name]).abs().max() < 1e-6
+
+
+def with_baselines(**settings: float) -> RunConfig:
+    return RunConfig.model_validate({"data": {"path": "."}, "baselines": settings})
+
+
+def test_inflora_settings_come_from_the_config(tiny_lora, data):
+    """cfg.baselines.inflora_energy sets the basis: a lower share protects fewer input directions; the
+    basis found still covers that share, and minimally."""
+    model, _, _ = tiny_lora
+    name, layer = next(iter(lora_modules(model).items()))
+    h_prev = layer_inputs(model, data.previous, layer)
+    energy = lambda u: float(((h_prev @ u) ** 2).sum() / (h_prev**2).sum())  # noqa: E731
+    sizes = {}
+    for share in (0.5, CFG.baselines.inflora_energy):
+        strat = create("inflora", with_baselines(inflora_energy=share))
+        strat.setup_block(model, 1, data)
+        basis = strat.basis[name]
+        sizes[share] = basis.shape[1]
+        assert energy(basis) >= share and energy(basis[:, :-1]) < share
+        strat.teardown(model)
+    assert 0 < sizes[0.5] < sizes[CFG.baselines.inflora_energy], sizes
+    # inflora_targets: the subspace is estimated from the first n targets only; one target's inputs span
+    # fewer directions than all of the block's, so the basis covering the same share is smaller
+    strat = create("inflora", with_baselines(inflora_targets=1))
+    strat.setup_block(model, 1, data)
+    assert 0 < strat.basis[name].shape[1] < sizes[CFG.baselines.inflora_energy]
+    strat.teardown(model)
+
+
+def test_sdlora_magnitude_init_comes_from_the_config(tiny_lora):
+    model, _, _ = tiny_lora
+    strat = create("sdlora-all", with_baselines(sdlora_magnitude_init=0.25))
+    strat.setup_block(model, 1, None)
+    with torch.no_grad():
+        for layer in lora_modules(model).values():
+            getattr(layer, CHILD).magnitudes.fill_(3.0)  # "learned" during block 1
+    strat.setup_block(model, 2, None)
+    for layer in lora_modules(model).values():
+        past = getattr(layer, CHILD)
+        assert past.magnitudes.tolist() == [3.0, 0.25] and past.current.item() == 0.25
+    strat.teardown(model)
 
 
 def snapshot(model):

@@ -12,12 +12,26 @@ The world (numpy only, one seeded generator, so the same parameters give the sam
   long base history), one after another, each sampled without repeats by
   softmax((8 taste . v_i + sequential v_prev . v_i) / temperature + popularity_i): the next item tends to lie
   near the previous one, so a sequence model has something to learn. Timestamps rise through the blocks.
+- Item-side dynamics (off by default; the prompt cannot show them, so only a model that updates its weights
+  on the block can follow them): each pick is, with probability `trend_share`, a *trend* pick, drawn uniformly
+  from the block's hot set of `trend_items` items (independent of the user's taste and history), or, in a
+  later block and with probability `new_item_share`, a *fresh* pick, drawn by the taste model among the items
+  that arrive in this very block (IDs no earlier block trained on); otherwise the taste pick above. A trend or
+  fresh pick with nothing left that the user has not seen falls back to the taste pick. Block 0 gets a hot
+  set of `trend_items` available items drawn uniformly; at each later boundary each hot item stays with
+  probability `trend_persistence` and the others are replaced by fresh uniform draws among the items
+  available then (0: a new trend every block; 1: a fixed popularity boost). A small hot set with a large
+  share is a trend that dominates the block and changes (plasticity pays); a large hot set with a modest
+  share is a diffuse fad, noise for a recommender that must keep the long-term taste (stability pays). The
+  hot sets are written to truth_trends.parquet. With both shares 0 no extra random number is drawn: the old
+  parameters give the old world, pick for pick.
 
 The DATA_DIR is what `peso prepare` writes (interactions.parquet, items.parquet without text, stats.json
 with the generator's parameters under "simulation") plus index.json made by `peso tokenize`'s own code
 (atomic: one token per item; latent: <a_genre><b_n> semantic IDs from the true genres), so `peso run` reads
-it as is, and truth_items.parquet / truth_users.parquet with the latent truth. All of it is written to a
-temp folder and renamed: a failed call leaves nothing.
+it as is, and truth_items.parquet / truth_users.parquet (and truth_trends.parquet, when trend_share > 0)
+with the latent truth. Every parameter, the item-side ones included, is in stats.json and so in a run's
+manifest. All of it is written to a temp folder and renamed: a failed call leaves nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +73,10 @@ class SimParams:
     sequential: float = 3.0
     temperature: float = 1.0
     base_factor: float = 3.0
+    trend_share: float = 0.0
+    trend_items: int = 20
+    trend_persistence: float = 0.0
+    new_item_share: float = 0.0
     dim: int = 32
     seed: int = 0
     tokens: str = "atomic"
@@ -68,6 +86,7 @@ class SimParams:
             ("--users", self.users, 1),
             ("--items", self.items, 1),
             ("--clusters", self.clusters, 1),
+            ("--trend-items", self.trend_items, 1),
             ("--dim", self.dim, 1),
             ("--seed", self.seed, 0),
         ):
@@ -82,9 +101,18 @@ class SimParams:
             ("--shift-share", self.shift_share),
             ("--past-weight", self.past_weight),
             ("--drift", self.drift),
+            ("--trend-share", self.trend_share),
+            ("--trend-persistence", self.trend_persistence),
+            ("--new-item-share", self.new_item_share),
         ):
             if not 0.0 <= value <= 1.0:  # also refuses NaN
                 raise PesoError(flag, f"{value} is not a share between 0 and 1", "pass a value in [0, 1]")
+        if self.trend_share + self.new_item_share > 1.0:
+            raise PesoError(
+                "--new-item-share",
+                f"{self.new_item_share} + --trend-share {self.trend_share} exceeds 1: they split each pick",
+                "lower one of the two so that they sum to at most 1",
+            )
         for flag, value in (
             ("--interactions-per-block", self.interactions_per_block),
             ("--temperature", self.temperature),
@@ -107,6 +135,7 @@ class World:
     interactions: pl.DataFrame  # user, item, timestamp, block, evaluated (time order)
     truth_items: pl.DataFrame  # item, cluster, arrival_block, popularity
     truth_users: pl.DataFrame  # user, block, shifted, favourite (top genre of the long-term taste)
+    truth_trends: pl.DataFrame  # block, item: each block's hot set (empty when trend_share is 0)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -117,6 +146,28 @@ def _tastes(rng: np.random.Generator, n: int, centres: np.ndarray) -> tuple[np.n
     """n random tastes: genre weights (n, K) and their latent vectors (n, dim)."""
     w = rng.dirichlet(np.full(len(centres), DIRICHLET), size=n)
     return w, w @ centres
+
+
+def _next_hot(
+    rng: np.random.Generator, hot: np.ndarray, n_avail: int, size: int, persistence: float
+) -> np.ndarray:
+    """The block's hot set: each of the last block's hot items stays with probability `persistence`, the rest
+    are fresh uniform draws among the n_avail available items (so a trend is independent of taste)."""
+    size = min(size, n_avail)
+    keep = hot[rng.random(len(hot)) < persistence] if len(hot) else hot
+    pool = np.setdiff1d(np.arange(n_avail), keep)
+    return np.sort(np.concatenate([keep, rng.choice(pool, size=size - len(keep), replace=False)]))
+
+
+def _mix(logits: np.ndarray, rows: np.ndarray, allowed: np.ndarray, seen: np.ndarray, taste: bool) -> None:
+    """Replace the logits of `rows` by a pick restricted to `allowed` items (uniform over them, or the taste
+    logits kept there if `taste`), in place; a row with no unseen allowed item keeps its taste logits."""
+    if not len(rows):
+        return
+    alt = np.where(allowed, logits[rows] if taste else np.zeros((len(rows), logits.shape[1])), -np.inf)
+    alt[seen] = -np.inf
+    ok = np.isfinite(alt).any(axis=1)
+    logits[rows[ok]] = alt[ok]
 
 
 def generate(p: SimParams) -> World:
@@ -134,6 +185,8 @@ def generate(p: SimParams) -> World:
     long_w, long_v = _tastes(rng, p.users, centres)
     _, short_v = _tastes(rng, p.users, centres)
     seen = np.zeros((p.users, n_total), dtype=bool)
+    hot = np.zeros(0, dtype=np.int64)  # the block's trend items (drawn only when trend_share > 0)
+    trends: list[tuple[int, np.ndarray]] = []
     prev = np.full(p.users, -1)  # last item of each user (across blocks): the sequential pull
     rows: list[np.ndarray] = []  # per pick: user, item, block, step
     truth_users = []
@@ -152,6 +205,12 @@ def generate(p: SimParams) -> World:
         # no user-item pair repeats (as after `peso prepare`'s dedupe), so a user cannot pick more than is left
         counts = np.minimum(rng.poisson(mean, size=p.users), n_avail - seen[:, :n_avail].sum(1))
         v = vec[:n_avail]
+        if p.trend_share > 0:
+            hot = _next_hot(rng, hot, n_avail, p.trend_items, p.trend_persistence)
+            trends.append((t, hot))
+        is_hot = np.isin(np.arange(n_avail), hot)
+        fresh_share = p.new_item_share if t > 0 and n_new > 0 else 0.0
+        is_fresh = np.arange(n_avail) >= n_avail - n_new  # the items arriving in this block (t > 0)
         for step in range(int(counts.max(initial=0))):
             act = np.flatnonzero(counts > step)
             logits = taste[act] @ v.T
@@ -159,6 +218,12 @@ def generate(p: SimParams) -> World:
             logits[has_prev] += p.sequential * (vec[prev[act[has_prev]]] @ v.T)
             logits = logits / p.temperature + popularity[:n_avail]
             logits[seen[act, :n_avail]] = -np.inf  # before the max: a seen item must not set the scale
+            if p.trend_share > 0 or fresh_share > 0:  # no draw otherwise: the old parameters, the old world
+                r = rng.random(len(act))
+                trend = np.flatnonzero(r < p.trend_share)
+                fresh = np.flatnonzero((r >= p.trend_share) & (r < p.trend_share + fresh_share))
+                _mix(logits, trend, is_hot, seen[act[trend], :n_avail], taste=False)
+                _mix(logits, fresh, is_fresh, seen[act[fresh], :n_avail], taste=True)
             prob = np.exp(logits - logits.max(axis=1, keepdims=True))
             # softmax sample by inverse CDF (a third of Gumbel-max's cost); u in (0, total] never lands on
             # a zero-probability (seen) item
@@ -214,7 +279,16 @@ def generate(p: SimParams) -> World:
             for t, sh, fav in truth_users
         ]
     )
-    return World(df, items, users)
+    trend_df = pl.DataFrame(
+        {
+            "block": np.concatenate(
+                [np.full(len(h), t, np.int32) for t, h in trends] or [np.zeros(0, np.int32)]
+            ),
+            "item": [f"i{k:06d}" for _, h in trends for k in h],
+        },
+        schema={"block": pl.Int32, "item": pl.String},
+    )
+    return World(df, items, users, trend_df)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -292,6 +366,8 @@ def simulate(
         items.write_parquet(tmp / ITEMS)
         world.truth_items.write_parquet(tmp / "truth_items.parquet")
         world.truth_users.write_parquet(tmp / "truth_users.parquet")
+        if p.trend_share > 0:  # only then: the old parameters write the old set of files
+            world.truth_trends.write_parquet(tmp / "truth_trends.parquet")
         (tmp / STATS).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
         if p.tokens != "none":
             # `peso tokenize`'s own code, inside the temp folder: the index is renamed in with the rest

@@ -11,6 +11,10 @@ new adapter is re-initialised each block (A kaiming-uniform as PEFT does, B = 0)
 The past adapters of a LoRA layer live in a `PastAdapters` child of that layer, added to its output by a
 forward hook; SD-LoRA's magnitudes are parameters of that child, so the optimizer, the best-epoch restore
 and `peso.model.merged` all see them.
+
+Settings come from `cfg.baselines`: `sdlora_magnitude_init` (the magnitudes' start, 1 as the paper) and
+`inflora_energy` / `inflora_targets` (how much of earlier inputs' energy the protected basis covers, and from
+how many training targets it is estimated).
 """
 
 from __future__ import annotations
@@ -31,11 +35,6 @@ from peso.train import forward_targets
 CHILD = "cumulative_past"  # attribute name of the PastAdapters child on each LoRA layer (no "lora_": PEFT
 # filters its state dicts by that prefix, and these tensors are saved by `export` instead)
 
-# InfLoRA settings (to move to the config once the baselines settle)
-# share of earlier blocks' input energy the kept basis covers (GPM / InfLoRA use 0.95-0.99)
-INFLORA_ENERGY = 0.97
-INFLORA_TARGETS = 512  # training targets per block whose layer inputs estimate the input subspace
-
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
     """t / ||t||_F; an all-zero matrix (an untrained B) stays zero instead of NaN."""
@@ -47,7 +46,7 @@ class PastAdapters(nn.Module):
     c_i = s (x the learnable magnitude m_i for SD-LoRA). For SD-LoRA it also scales the current adapter's
     term by a learnable magnitude m, through a hook on its lora_B."""
 
-    def __init__(self, layer: nn.Module, magnitudes: bool) -> None:
+    def __init__(self, layer: nn.Module, magnitudes: bool, init: float = 1.0) -> None:
         super().__init__()
         a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         self.scaling = float(layer.scaling["default"])
@@ -55,7 +54,8 @@ class PastAdapters(nn.Module):
         self.register_buffer("A", a.new_zeros(0, *a.shape), persistent=False)  # (n, r, in)
         self.register_buffer("B", b.new_zeros(0, *b.shape), persistent=False)  # (n, out, r)
         self.magnitudes = nn.Parameter(a.new_zeros(0)) if magnitudes else None  # m_i, one per past adapter
-        self.current = nn.Parameter(a.new_ones(())) if magnitudes else None  # m of the trainable adapter
+        self.init = init  # start of m and of each newly frozen m_i (cfg.baselines.sdlora_magnitude_init)
+        self.current = nn.Parameter(a.new_full((), init)) if magnitudes else None  # m of the current adapter
         self.folded = False  # True while `merged` holds this term in the base weight: the hook adds nothing
         self.handles = [layer.register_forward_hook(self._add)]
         if magnitudes:
@@ -63,8 +63,8 @@ class PastAdapters(nn.Module):
         layer.add_module(CHILD, self)
 
     def push(self, a: torch.Tensor, b: torch.Tensor, normalise: bool, keep_latest: bool) -> None:
-        """Freeze (A, B) as the newest past adapter (Frobenius-normalised if asked); its magnitude starts at 1,
-        the older ones keep theirs (SD-LoRA learns them on)."""
+        """Freeze (A, B) as the newest past adapter (Frobenius-normalised if asked); its magnitude and the current
+        one start at `init` (1 in the paper), the older ones keep theirs (SD-LoRA learns them on)."""
         a, b = a.detach().clone(), b.detach().clone()
         if normalise:
             a, b = _unit(a), _unit(b)
@@ -73,9 +73,9 @@ class PastAdapters(nn.Module):
         self.B = torch.cat([self.B[keep], b[None]])
         if self.magnitudes is not None:
             old = self.magnitudes.detach()[keep]
-            self.magnitudes = nn.Parameter(torch.cat([old, old.new_ones(1)]))
+            self.magnitudes = nn.Parameter(torch.cat([old, old.new_full((1,), self.init)]))
             with torch.no_grad():
-                self.current.fill_(1.0)
+                self.current.fill_(self.init)
 
     def coefficients(self) -> torch.Tensor:
         """c_i per past adapter."""
@@ -143,7 +143,8 @@ class Cumulative(AdapterStrategy):
         layers = lora_modules(model)
         if not self.past:
             self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-            self.past = {name: PastAdapters(layer, self.magnitudes) for name, layer in layers.items()}
+            init = self.cfg.baselines.sdlora_magnitude_init
+            self.past = {name: PastAdapters(layer, self.magnitudes, init) for name, layer in layers.items()}
         for name, layer in layers.items():
             a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
             self.past[name].push(a, b, self.normalise, self.keep_latest)
@@ -309,13 +310,14 @@ class InfLora(Cumulative):
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the model as it stands: the end of block t-1 (its default adapter not yet frozen, the same function)
-        previous = input_grams(model, data, "previous", INFLORA_TARGETS)
-        self.grams = input_grams(model, data, "current", INFLORA_TARGETS)
+        settings = self.cfg.baselines  # inflora_energy, inflora_targets
+        previous = input_grams(model, data, "previous", settings.inflora_targets)
+        self.grams = input_grams(model, data, "current", settings.inflora_targets)
         for name, layer in lora_modules(model).items():
             a = layer.lora_A["default"].weight
             g = previous[name].to(_linalg_dtype(previous[name]))
             basis = self.basis.get(name, g.new_zeros(g.shape[0], 0))
-            self.basis[name] = extend_basis(basis, g, INFLORA_ENERGY, keep_free=a.shape[0])
+            self.basis[name] = extend_basis(basis, g, settings.inflora_energy, keep_free=a.shape[0])
         super().setup_block(model, block, data)
         self.grams = {}
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from peso.strategies.base import StandaloneMethod, register
+from peso.data.samples import BlockSamples
+from peso.strategies.base import StandaloneMethod, register, top_groups
 
 
 @register
 class Popular(StandaloneMethod):
     name = "popular"
 
-    def fit_block(self, train_sids: np.ndarray, n_sids: int) -> None:
-        counts = np.bincount(train_sids, minlength=n_sids)
-        self.order = np.lexsort((np.arange(n_sids), -counts))  # by count, ties by id: deterministic
+    def fit_block(self, t: int, s: BlockSamples) -> float | None:
+        # counted per semantic-ID group (what evaluation scores); an item scores as its group's count, so
+        # groups rank by count, ties by id (deterministic), among the groups known at t
+        counts = np.bincount(self.catalogue.sid[s.train_targets()], minlength=self.catalogue.n_sids)
+        self.scores = counts[self.catalogue.sid][None, :]
+        return None
 
-    def rank(self, n_users: int, k: int) -> np.ndarray:
-        return np.tile(self.order[:k], (n_users, 1))
+    def rank(self, t: int, s: BlockSamples, k: int) -> np.ndarray:
+        return np.tile(top_groups(self.scores, self.catalogue, t, k)[0], (len(s), 1))

@@ -41,6 +41,12 @@ class Trie:
             if d < self.levels - 1:
                 node, n_nodes = inv.reshape(-1), len(uniq)
 
+    def to(self, device: torch.device) -> Trie:
+        """Move the tables to `device` (in place: a trie is built once and decoded on one device)."""
+        for tables in (self.allowed, self.child_key, self.child_val):
+            tables[:] = [t.to(device) for t in tables]
+        return self
+
     def step(self, depth: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Child of each (node, code) pair at `depth`; -1 where the pair is not in the trie."""
         key = node * self.level_sizes[depth] + code
