@@ -78,6 +78,8 @@ def load_units(run: Path) -> tuple[list[dict], dict]:
 
 
 def combine(runs: list[Path]) -> tuple[list[dict], dict, dict]:
+    """The union of the runs' completed units; a (method, seed) found in several runs is taken from the first
+    one listed (e.g. `popular`, which every run computes alike)."""
     rows, per_user, users, sources = [], {}, {}, {}
     for run in runs:
         r, p = load_units(run)
@@ -87,12 +89,27 @@ def combine(runs: list[Path]) -> tuple[list[dict], dict, dict]:
                 raise SystemExit(
                     f"{run}: seed {key[0]} block {key[1]} has {row['users']} users, not {users[key]}"
                 )
-            unit = (row["method"], int(row["seed"]))  # a method's seeds may come from several runs
-            if sources.setdefault(unit, run) != run:
-                raise SystemExit(f"{unit[0]} seed {unit[1]} is in both {sources[unit]} and {run}")
-        rows += r
-        per_user.update(p)
-    return rows, per_user, {f"{m} seed {seed}": str(r) for (m, seed), r in sources.items()}
+        mine = {(row["method"], int(row["seed"])) for row in r}
+        taken = {u for u in mine if sources.get(u, run) != run}
+        for u in sorted(taken):
+            print(f"(skipped {u[0]} seed {u[1]} of {run}: taken from {sources[u]})")
+        for u in mine - taken:
+            sources[u] = run
+        rows += [row for row in r if (row["method"], int(row["seed"])) not in taken]
+        per_user.update({k: v for k, v in p.items() if (k[0], k[1]) not in taken})
+    # block 0's unit holds every adapter method's block-0 row: keep a (method, seed) only once it has all blocks
+    blocks = {b for _, _, b in per_user}
+    have: dict[tuple[str, int], set[int]] = {}
+    for m, seed, b in per_user:
+        have.setdefault((m, seed), set()).add(b)
+    done = {u for u, bs in have.items() if bs == blocks}
+    rows = [row for row in rows if (row["method"], int(row["seed"])) in done]
+    per_user = {k: v for k, v in per_user.items() if (k[0], k[1]) in done}
+    return (
+        rows,
+        per_user,
+        {f"{m} seed {seed}": str(r) for (m, seed), r in sources.items() if (m, seed) in done},
+    )
 
 
 def main() -> None:
