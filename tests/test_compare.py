@@ -83,7 +83,7 @@ def test_results_md_shows_per_block_mean_and_std_over_seeds_and_storage():
             "hit@10": 0.1 * sd + 0.01 * b,
             "ndcg@5": 0.0,
             "ndcg@10": 0.02 * (sd + 1),
-            "train_seconds": 0.0,
+            "train_seconds": 10.0 * b + sd,
             "best_epoch": "",
             "adapter_bytes": 1000 * b,
         }
@@ -93,4 +93,5 @@ def test_results_md_shows_per_block_mean_and_std_over_seeds_and_storage():
     text = markdown(rows, {})
     # block 2: hit@10 over seeds 0.02 and 0.12 -> 0.07 ± 0.05; ndcg@10 0.02 and 0.04 -> 0.03 ± 0.01
     assert "| peso | 0.0500 ± 0.0500 / 0.0300 ± 0.0100 | 0.0600 ± 0.0500 / 0.0300 ± 0.0100 |" in text
-    assert "0.0700 ± 0.0500 / 0.0300 ± 0.0100 | 2,000 |" in text
+    # training time of the continual blocks: (10 + 20 + 11 + 21) / 4 = 15.5 s; block 0 (0 and 1 s) left out
+    assert "0.0700 ± 0.0500 / 0.0300 ± 0.0100 | 2,000 | 15.5 |" in text

@@ -104,11 +104,16 @@ def markdown(rows: list[dict], summary: dict, intervals: dict | None = None) -> 
 
 
 def _per_block(rows: list[dict]) -> list[str]:
-    """Hit@10 / NDCG@10 per block, mean ± std over seeds, and the adapter state kept after each block."""
+    """Hit@10 / NDCG@10 per block, mean ± std over seeds, the adapter state kept after the last block and
+    the mean training time of a continual block (over blocks and seeds)."""
     blocks = sorted({r["block"] for r in rows})
-    lines = ["", "## Per block: Hit@10 / NDCG@10 (mean ± std over seeds), adapter bytes after the block", ""]
-    lines.append("| method | " + " | ".join(f"block {b}" for b in blocks) + " | bytes after last block |")
-    lines.append("|---" * (len(blocks) + 2) + "|")
+    lines = ["", "## Per block: Hit@10 / NDCG@10 (mean ± std over seeds), storage and training time", ""]
+    lines.append(
+        "| method | "
+        + " | ".join(f"block {b}" for b in blocks)
+        + " | bytes after last block | train s per continual block |"
+    )
+    lines.append("|---" * (len(blocks) + 3) + "|")
     for method in dict.fromkeys(r["method"] for r in rows):
         cells = []
         for b in blocks:
@@ -119,6 +124,8 @@ def _per_block(rows: list[dict]) -> list[str]:
             r.get("adapter_bytes", 0) or 0 for r in rows if r["method"] == method and r["block"] == blocks[-1]
         ]
         cells.append(f"{int(np.max(last)):,}" if last else "")
+        secs = [float(r.get("train_seconds") or 0) for r in rows if r["method"] == method and r["block"] >= 1]
+        cells.append(f"{np.mean(secs):.1f}" if secs else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 

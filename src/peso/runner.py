@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -57,7 +56,7 @@ from peso.strategies.base import BlockData, Catalogue, save_adapter
 from peso.strategies.peso import sweep as peso_sweep
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
-from peso.train import Encoded, encode, train_block
+from peso.train import BlockReport, Encoded, encode, train_block
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)  # logs keep whole table rows
 
@@ -220,6 +219,19 @@ def _json_default(o: object) -> object:
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What a results row records of one block's training, for adapter and standalone methods alike."""
+
+    seconds: float
+    best_epoch: int | None  # None: no epoch was picked on validation (fixed epochs)
+    targets_per_second: float
+
+    @classmethod
+    def of(cls, report: BlockReport) -> Trained:
+        return cls(report.seconds, report.best_epoch, report.targets_per_second)
+
+
 class Run:
     def __init__(
         self,
@@ -319,7 +331,13 @@ class Run:
         return report
 
     def _row(
-        self, method: str, seed: int, s: BlockSamples, metrics: dict, report=None, nbytes: int = 0
+        self,
+        method: str,
+        seed: int,
+        s: BlockSamples,
+        metrics: dict,
+        trained: Trained | None = None,
+        nbytes: int = 0,
     ) -> None:
         row = {
             "method": method,
@@ -327,9 +345,9 @@ class Run:
             "block": int(s.number),
             "users": len(s),
             **metrics,
-            "train_seconds": report.seconds if report else 0.0,
-            "best_epoch": report.best_epoch if report else "",
-            "targets_per_s": round(report.targets_per_second, 1) if report else "",
+            "train_seconds": trained.seconds if trained else 0.0,
+            "best_epoch": trained.best_epoch if trained and trained.best_epoch is not None else "",
+            "targets_per_s": round(trained.targets_per_second, 1) if trained else "",
             "adapter_bytes": nbytes,
         }
         self.rows.append(row)
@@ -421,14 +439,11 @@ class Run:
                     seconds = m.fit_block(t, s)
                     ranked = m.rank(t, s, cfg.decode.top_k)
                     self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
-                    report = None
-                    if seconds is not None:  # what `_row` reads of a training report
+                    trained = None
+                    if seconds is not None:
                         n = m.trained_targets or len(s.examples("train"))
-                        rate = n / max(seconds, 1e-9)
-                        report = SimpleNamespace(
-                            seconds=seconds, best_epoch=m.best_epoch or "", targets_per_second=rate
-                        )
-                    self._row(m.name, seed, s, self._score(ranked, s), report)
+                        trained = Trained(seconds, m.best_epoch or None, n / max(seconds, 1e-9))
+                    self._row(m.name, seed, s, self._score(ranked, s), trained)
                 self._commit(seed, m.name, mark)
         if not adapters:
             return
@@ -478,7 +493,7 @@ class Run:
             nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
             after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
             for m in adapters:
-                self._row(m.name, seed, s0, metrics0, report0, nbytes0)
+                self._row(m.name, seed, s0, metrics0, Trained.of(report0), nbytes0)
             self._commit(seed, BLOCK0, mark, after0)
 
         for m in adapters:
@@ -511,7 +526,7 @@ class Run:
                 metrics = self._eval(
                     model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir
                 )
-                self._row(m.name, seed, s, metrics, report, nbytes)
+                self._row(m.name, seed, s, metrics, Trained.of(report) if report else None, nbytes)
             m.teardown(model)
             self._commit(seed, m.name, mark)
 
