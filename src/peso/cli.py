@@ -12,7 +12,8 @@ from peso.errors import PesoError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from peso.config import load_config
-    from peso.runner import load_resumable, resume, run
+    from peso.runner import resume, run
+    from peso.units import load_resumable
 
     argv = ["peso", *sys.argv[1:]]
     if args.resume:

@@ -4,15 +4,7 @@ adapter strategy; each strategy then adapts block by block and is evaluated on e
 Everything that can be checked (config, data, methods, model name) is checked before RUN_DIR is touched,
 and every file in RUN_DIR is written atomically.
 
-Resume (`peso run --resume RUN_DIR`) works at *method* granularity: the units of a seed are each standalone
-method, the shared block 0, then each adapter method (all its blocks). When a unit ends, its state goes to
-`RUN_DIR/resume/seed_<s>/<unit>/` in one atomic folder (`unit.json`: its results.csv and training.csv rows
-and the RNG states; `per_user.safetensors`: per-user NDCG@10 of each block; for block 0 also
-`block0.safetensors`: the parameters block 0 trained), then `progress.json` lists it. A resumed run replays
-completed units from those files in the original order and recomputes the rest, so it ends with the same
-files as an uninterrupted run. Blocks inside a method are not resumable: strategies keep state across blocks
-(anchors, past adapters, Fisher) that only they know how to rebuild, whereas a whole method is exact, being
-deterministic given the block-0 parameters, the per-block seeds and the RNG state it starts from.
+Runs resume (`peso run --resume RUN_DIR`) at method granularity; `peso.units` says how.
 """
 
 from __future__ import annotations
@@ -21,7 +13,6 @@ import csv
 import io
 import json
 import platform
-import random
 import resource
 import shutil
 import subprocess
@@ -35,9 +26,7 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
-from safetensors.numpy import load_file as load_arrays
-from safetensors.numpy import save_file as save_arrays
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from peso import dist
 from peso.compare import compare_methods
@@ -57,6 +46,20 @@ from peso.strategies.peso import sweep as peso_sweep
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
 from peso.train import BlockReport, Encoded, encode, train_block
+from peso.units import (
+    BLOCK0,
+    Unit,
+    check_same_config,
+    check_units,
+    load_resumable,
+    load_unit,
+    remove_partial_writes,
+    rng_state,
+    save_unit,
+    set_rng_state,
+    unit_dir,
+    write_progress,
+)
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)  # logs keep whole table rows
 
@@ -181,42 +184,6 @@ def export_block(strategy_export, model, space: TokenSpace, out_dir: Path) -> in
         nbytes = strategy_export(model, tmp)
         save_file(item_rows(model, space), str(tmp / "item_rows.safetensors"))
     return nbytes
-
-
-PROGRESS = "progress.json"
-BLOCK0 = "block_0"  # the unit name of a seed's shared block 0
-
-
-def _rng_state() -> dict:
-    """Every global RNG a unit may draw from, as JSON (hex bytes, lists): never pickle."""
-    n, py = np.random.get_state(), random.getstate()
-    return {
-        "torch": torch.get_rng_state().numpy().tobytes().hex(),
-        # only if CUDA is in use: asking for its state would initialise it on a CPU run
-        "cuda": [t.numpy().tobytes().hex() for t in torch.cuda.get_rng_state_all()]
-        if torch.cuda.is_initialized()
-        else [],
-        "numpy": [n[0], n[1].tolist(), int(n[2]), int(n[3]), float(n[4])],
-        "python": [py[0], list(py[1]), py[2]],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    def tensor(h: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray.fromhex(h), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(state["torch"]))
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([tensor(h) for h in state["cuda"]])
-    n, py = state["numpy"], state["python"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def _json_default(o: object) -> object:
-    if hasattr(o, "item"):  # numpy / torch scalars in report fields
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 @dataclass(frozen=True)
@@ -373,9 +340,6 @@ class Run:
     def write_progress(self, finished: bool = False) -> None:
         write_progress(self.out, self.completed, self.elapsed(), finished)
 
-    def _unit_dir(self, seed: int, unit: str) -> Path:
-        return self.out / "resume" / f"seed_{seed}" / unit
-
     def _begin(self) -> tuple[int, int, int, float]:
         """Where this unit's rows, training log and per-user arrays start, and when it started."""
         return len(self.rows), len(self.train_log), len(self.per_user), time.perf_counter()
@@ -383,47 +347,33 @@ class Run:
     def _commit(
         self, seed: int, unit: str, mark: tuple[int, int, int, float], state: dict | None = None
     ) -> None:
-        """Save what the unit added (one atomic folder), then list it in progress.json: a kill between the
-        two only costs the unit again."""
+        """Save what the unit added, then list it in progress.json (`peso.units`)."""
         keys = list(self.per_user)[mark[2] :]
-        record = {
-            "rows": self.rows[mark[0] :],
-            "train_log": self.train_log[mark[1] :],
-            "per_user": [[m, b] for m, _, b in keys],
-            "seconds": time.perf_counter() - mark[3],
-            "rng": _rng_state(),  # the next unit starts from this state, as in an uninterrupted run
-        }
-        with atomic_dir(self._unit_dir(seed, unit)) as tmp:
-            write_text(tmp / "unit.json", json.dumps(record, default=_json_default))
-            arrays = {str(i): np.ascontiguousarray(self.per_user[k]) for i, k in enumerate(keys)}
-            save_arrays(arrays, str(tmp / "per_user.safetensors"))
-            if state is not None:
-                save_file({n: v.contiguous() for n, v in state.items()}, str(tmp / "block0.safetensors"))
+        record = Unit(
+            self.rows[mark[0] :],
+            self.train_log[mark[1] :],
+            {(m, b): self.per_user[(m, s, b)] for m, s, b in keys},
+            time.perf_counter() - mark[3],
+            rng_state(),
+            state,
+        )
+        save_unit(unit_dir(self.out, seed, unit), record)
         self.completed.append(f"seed_{seed}/{unit}")
         self.write_progress()
 
-    def _replay(self, seed: int, unit: str) -> bool:
-        """A completed unit's rows, log, per-user arrays and end RNG state, from RUN_DIR; False if not done."""
+    def _replay(self, seed: int, unit: str) -> Unit | None:
+        """A completed unit's rows, log, per-user arrays and end RNG state, from RUN_DIR; None if not done."""
         if f"seed_{seed}/{unit}" not in self.completed:
-            return False
-        folder = self._unit_dir(seed, unit)
-        try:
-            record = json.loads((folder / "unit.json").read_text())
-            arrays = load_arrays(str(folder / "per_user.safetensors"))
-        except (OSError, ValueError) as e:
-            raise PesoError(
-                str(folder),
-                f"state of a completed unit is missing or unreadable ({e.__class__.__name__})",
-                "start the run again with --overwrite",
-            ) from None
-        self.rows.extend(record["rows"])
-        self.train_log.extend(record["train_log"])
-        for i, (m, b) in enumerate(record["per_user"]):
-            self.per_user[(m, seed, b)] = arrays[str(i)]
-        _set_rng_state(record["rng"])
-        console.print(f"  seed {seed} {unit}: done before, {len(record['rows'])} rows restored")
+            return None
+        record = load_unit(unit_dir(self.out, seed, unit), with_state=unit == BLOCK0)
+        self.rows.extend(record.rows)
+        self.train_log.extend(record.train_log)
+        for (m, b), v in record.per_user.items():
+            self.per_user[(m, seed, b)] = v
+        set_rng_state(record.rng)
+        console.print(f"  seed {seed} {unit}: done before, {len(record.rows)} rows restored")
         self.flush()  # drops the rows a killed unit had written
-        return True
+        return record
 
     # --- one seed ------------------------------------------------------------------------------------
     def seed(self, seed: int) -> None:
@@ -473,8 +423,8 @@ class Run:
         block0 = {n for n, p in model.named_parameters() if full or p.requires_grad}  # what block 0 trains
         init = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}  # for `retrain`
         params = dict(model.named_parameters())
-        if self._replay(seed, BLOCK0):
-            after0 = load_file(str(self._unit_dir(seed, BLOCK0) / "block0.safetensors"))
+        if replayed := self._replay(seed, BLOCK0):
+            after0 = replayed.state
             _load(params, after0)
             model.eval()  # as training leaves it
         else:
@@ -549,12 +499,6 @@ def _load(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor])
             params[n].copy_(v)
 
 
-def write_progress(out: Path, completed: list[str], seconds: float, finished: bool) -> None:
-    """progress.json: the completed units, in order; `peso run --resume` starts after them."""
-    record = {"version": 1, "completed": completed, "seconds": round(seconds, 1), "finished": finished}
-    write_text(out / PROGRESS, json.dumps(record, indent=1))
-
-
 def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:
     """Validate, then run every seed and method; returns the result rows."""
     prep = _prepare_once(cfg)
@@ -579,62 +523,19 @@ def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | No
     return _execute(cfg, prep, out, info, [], 0.0)
 
 
-def _comparable(dump: dict) -> dict:
-    """A resolved config dump with data.path absolute: the same folder written two ways is the same."""
-    data = {**dump["data"], "path": str(Path(dump["data"]["path"]).resolve())}
-    return {**dump, "data": data}
-
-
-def _first_difference(a: object, b: object, where: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-            if d is not None:
-                return d
-        return None
-    return None if a == b else where or "(top level)"
-
-
-def load_resumable(out: Path) -> tuple[RunConfig, dict]:
-    """The saved config and progress of a run folder that `--resume` can continue; writes nothing."""
-    fix = f"start it with `peso run --config CONFIG --out {out}` (--overwrite to replace it)"
-    if not out.is_dir():
-        raise PesoError(str(out), "run folder not found", fix)
-    if not (out / "config.yaml").is_file() or not (out / PROGRESS).is_file():
-        raise PesoError(str(out), f"not a resumable run folder (no config.yaml or {PROGRESS})", fix)
-    try:
-        cfg = RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
-        progress = json.loads((out / PROGRESS).read_text())
-        if progress.get("version") != 1 or not isinstance(progress.get("completed"), list):
-            raise ValueError("unknown progress format")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValidationError is a ValueError
-        raise PesoError(str(out), f"config.yaml or {PROGRESS} is unreadable", fix) from None
-    return cfg, progress
-
-
 def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = None) -> list[dict]:
     """Continue a killed run from its completed units (see the module docstring); a finished run is only
     reported again. `given` (from --config / --set), if any, must equal the saved config."""
     dist.world()
     console.quiet = not dist.is_main()
     cfg, progress = load_resumable(out)
+    check_units(out, progress["completed"])
     if given is not None:
-        diff = _first_difference(_comparable(cfg.dump()), _comparable(given.dump()))
-        if diff is not None:
-            raise PesoError(
-                str(out),
-                f"--config differs from the run's saved config.yaml at '{diff}'",
-                "drop --config and --set to resume with the saved config, or start a new run with another --out",
-            )
+        check_same_config(out, cfg, given)
     prep = _prepare_once(cfg)
     dist.barrier()  # every process has read progress.json before the main one cleans up
-    for tmp in (
-        sorted(out.rglob(".*.tmp"), reverse=True) if dist.is_main() else []
-    ):  # what writers killed mid-write left (peso.io)
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    if dist.is_main():
+        remove_partial_writes(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
