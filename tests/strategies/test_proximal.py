@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from peso.config import RunConfig
 from peso.data.samples import BlockSamples
@@ -287,3 +288,26 @@ def test_peso_all_is_the_mean_of_the_peso_terms_of_every_past_adapter(tiny_lora)
     # a new run of blocks (the runner restores block 0 per method): only the new anchor counts
     strat.setup_block(model, 1, None)
     assert len(strat.past) == 1 and strat.extra_loss(model, None).item() == 0.0
+
+
+def test_peso_all_exports_every_past_anchor_and_grows_by_one_adapter_per_block(tiny_lora, tmp_path):
+    model, _, _ = tiny_lora
+    strat, peso = create("peso-all", _cfg()), create("peso", _cfg())
+    starts, extra = [], []
+    for block in (1, 2, 3):
+        strat.setup_block(model, block, None)
+        starts.append(_snapshot(model))
+        _perturb(model, 0.3, seed=block)  # training of the block
+        ours = strat.export(model, tmp_path / f"all_{block}")
+        extra.append(ours - peso.export(model, tmp_path / f"peso_{block}"))  # PESO keeps the adapter only
+    saved = load_file(str(tmp_path / "all_3" / "past_anchors.safetensors"))
+    assert len(saved) == 3 * 2 * len(starts[0])
+    for i, snap in enumerate(starts):  # the A/B as they were at each block start, exactly
+        for name, (a, b) in snap.items():
+            assert np.array_equal(saved[f"block_start_{i + 1}.{name}.A"].numpy(), a)
+            assert np.array_equal(saved[f"block_start_{i + 1}.{name}.B"].numpy(), b)
+    one = sum(a.nbytes + b.nbytes for a, b in starts[0].values())  # one adapter's A/B
+    assert one <= extra[0] < one + 4096  # + the safetensors header
+    assert all(
+        one <= later - earlier < one + 4096 for earlier, later in zip(extra[:-1], extra[1:], strict=True)
+    )

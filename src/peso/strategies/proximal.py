@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from peso.config import RunConfig
 from peso.model import lora_layers
 from peso.pack import Step
-from peso.strategies.base import AdapterStrategy, BlockData, register
+from peso.strategies.base import AdapterStrategy, BlockData, register, save_adapter
 from peso.strategies.peso import Peso, proximal_term
 from peso.train import forward_targets
 
@@ -210,11 +212,29 @@ class PesoAll(Peso):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.past: list[dict[str, Pair]] = []
+        self.past_weights: list[dict[str, torch.Tensor]] = []  # the same anchors as A/B: what is kept
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData | None) -> None:
         super().setup_block(model, block, data)  # self.anchors: the adapter as it is now
+        weights = {
+            f"{n}.{k}": w.detach().clone() for n, a, b in lora_layers(model) for k, w in (("A", a), ("B", b))
+        }
         # block 1 starts a new run of blocks (the runner restores block 0 before each method)
         self.past = [self.anchors] if block == 1 else [*self.past, self.anchors]
+        self.past_weights = [weights] if block == 1 else [*self.past_weights, weights]
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> int:
+        """The adapter, plus the A/B of every earlier block start (the next block's own anchor is the adapter
+        itself): the state peso-all keeps grows by one adapter's A/B per block, unlike PESO's."""
+        nbytes = save_adapter(model, out_dir)  # counts the PEFT files only: written before ours
+        path = out_dir / "past_anchors.safetensors"
+        tensors = {
+            f"block_start_{i + 1}.{k}": w.contiguous().cpu()
+            for i, ws in enumerate(self.past_weights)
+            for k, w in ws.items()
+        }
+        save_file(tensors, str(path))
+        return nbytes + path.stat().st_size
 
     def extra_loss(self, model: torch.nn.Module, step: Step | None) -> torch.Tensor | None:
         if not self.past or self.lam == 0:

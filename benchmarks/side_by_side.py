@@ -1,0 +1,117 @@
+"""Every method on several datasets in one table, as docs/results.md shows them: per dataset, NDCG@10 and
+Hit@10 over the continual blocks (mean ± std over seeds, and how many seeds), the paired bootstrap intervals
+against `single` and PESO, the adapter state kept after the last block and the training seconds per
+continual block. Each dataset is the union of its run folders, as `combine_runs.py` makes it.
+
+    python benchmarks/side_by_side.py --dataset CDs runs/cds-seeds runs/cds-rest \\
+        --dataset Beauty runs/beauty-seeds runs/beauty-s2 --md runs/side-by-side.md --json runs/side.json
+
+`--time-seeds 1 2` takes the training seconds from those seeds only (e.g. the ones that ran on an
+otherwise idle machine); the other columns use every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from combine_runs import combine
+
+from peso.compare import compare_methods
+from peso.io import write_text
+from peso.report import continual_means
+
+
+def dataset_summary(runs: list[Path], time_seeds: list[int] | None = None) -> dict[str, dict]:
+    """method -> figures of one dataset (see the module docstring)."""
+    rows, per_user, _ = combine(runs)
+    means, intervals = continual_means(rows), compare_methods(per_user)
+    last = max(r["block"] for r in rows)
+    out = {}
+    for method, ms in means.items():
+        mine = [r for r in rows if r["method"] == method]
+        timed = [
+            float(r["train_seconds"] or 0)
+            for r in mine
+            if r["block"] >= 1 and (time_seeds is None or r["seed"] in time_seeds)
+        ]
+        out[method] = {
+            "seeds": ms["ndcg@10"][2],
+            "ndcg@10": ms["ndcg@10"][:2],
+            "hit@10": ms["hit@10"][:2],
+            "vs": {ref: str(iv) for ref, iv in intervals.get(method, {}).items()},
+            "bytes_after_last_block": int(
+                max(r.get("adapter_bytes") or 0 for r in mine if r["block"] == last)
+            ),
+            "train_s_per_continual_block": float(np.mean(timed)) if timed else None,
+        }
+    return out
+
+
+def _mean(v: tuple[float, float], n: int) -> str:
+    return f"{v[0]:.4f}" if n == 1 else f"{v[0]:.4f} ± {v[1]:.4f}"
+
+
+def tables(data: dict[str, dict[str, dict]]) -> str:
+    methods = list(dict.fromkeys(m for d in data.values() for m in d))
+    names = list(data)
+    head = ["method"] + [f"{n} {c}" for n in names for c in ("NDCG@10 (seeds)", "vs single", "vs peso")]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for m in methods:
+        cells = [m]
+        for n in names:
+            f = data[n].get(m)
+            if f is None:
+                cells += ["", "", ""]
+                continue
+            cells += [
+                f"{_mean(f['ndcg@10'], f['seeds'])} ({f['seeds']})",
+                f["vs"].get("single", ""),
+                f["vs"].get("peso", ""),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["method"] + [
+        f"{n} {c}" for n in names for c in ("Hit@10", "bytes after last block", "train s / block")
+    ]
+    lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for m in methods:
+        cells = [m]
+        for n in names:
+            f = data[n].get(m)
+            if f is None:
+                cells += ["", "", ""]
+                continue
+            secs = f["train_s_per_continual_block"]
+            cells += [
+                _mean(f["hit@10"], f["seeds"]),
+                f"{f['bytes_after_last_block']:,}",
+                "" if secs is None else f"{secs:.0f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", nargs="+", action="append", required=True, metavar=("NAME", "RUN_DIR"))
+    ap.add_argument("--time-seeds", nargs="+", type=int)
+    ap.add_argument("--md", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    data = {}
+    for name, *runs in args.dataset:
+        if not runs:
+            ap.error(f"--dataset {name}: give at least one run folder")
+        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds)
+    text = tables(data)
+    print(text)
+    if args.md:
+        write_text(args.md, text)
+    if args.json:
+        write_text(args.json, json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
