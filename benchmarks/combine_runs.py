@@ -63,6 +63,8 @@ def load_finished_blocks(run: Path) -> tuple[list[dict], dict]:
 
 def load_units(run: Path) -> tuple[list[dict], dict]:
     if not (run / "progress.json").is_file():
+        if not (run / "results.csv").is_file():
+            raise SystemExit(f"{run}: no progress.json or results.csv: not a run folder, or not started yet")
         return load_finished_blocks(run)
     progress = json.loads((run / "progress.json").read_text())
     rows, per_user = [], {}

@@ -1,7 +1,7 @@
 """Every method on several datasets in one table, as docs/results.md shows them: per dataset, NDCG@10 and
 Hit@10 over the continual blocks (mean ± std over seeds, and how many seeds), the paired bootstrap intervals
-against `single` and PESO, the adapter state kept after the last block and the training seconds per
-continual block. Each dataset is the union of its run folders, as `combine_runs.py` makes it.
+against `single` and PESO, the adapter state kept after the last block, the training seconds per
+continual block and the extra term's share of the training loss (`proximal_share` in training.csv). Each dataset is the union of its run folders, as `combine_runs.py` makes it.
 
     python benchmarks/side_by_side.py --dataset CDs runs/cds-seeds runs/cds-rest \\
         --dataset Beauty runs/beauty-seeds runs/beauty-s2 --md runs/side-by-side.md --json runs/side.json
@@ -13,6 +13,7 @@ otherwise idle machine); the other columns use every seed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
@@ -24,9 +25,30 @@ from peso.io import write_text
 from peso.report import continual_means
 
 
+def penalty_shares(runs: list[Path]) -> dict[str, float]:
+    """method -> mean share of the extra term in the training loss over its continual epochs (training.csv's
+    `proximal_share`), a (method, seed) taken from the first run that has it, as `combine` does."""
+    seen: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        path = run / "training.csv"
+        if not path.is_file():
+            continue
+        mine: dict[tuple[str, str], list[float]] = {}
+        for r in csv.DictReader(path.open()):
+            if int(r["block"]) >= 1 and float(r["proximal"]) > 0:
+                mine.setdefault((r["method"], r["seed"]), []).append(float(r["proximal_share"]))
+        for key, shares in mine.items():
+            seen.setdefault(key, shares)
+    by_method: dict[str, list[float]] = {}
+    for (method, _), shares in seen.items():
+        by_method.setdefault(method, []).extend(shares)
+    return {m: float(np.mean(v)) for m, v in by_method.items()}
+
+
 def dataset_summary(runs: list[Path], time_seeds: list[int] | None = None) -> dict[str, dict]:
     """method -> figures of one dataset (see the module docstring)."""
     rows, per_user, _ = combine(runs)
+    shares = penalty_shares(runs)
     means, intervals = continual_means(rows), compare_methods(per_user)
     last = max(r["block"] for r in rows)
     out = {}
@@ -46,6 +68,7 @@ def dataset_summary(runs: list[Path], time_seeds: list[int] | None = None) -> di
                 max(r.get("adapter_bytes") or 0 for r in mine if r["block"] == last)
             ),
             "train_s_per_continual_block": float(np.mean(timed)) if timed else None,
+            "extra_term_share_of_loss": shares.get(method),
         }
     return out
 
@@ -73,7 +96,9 @@ def tables(data: dict[str, dict[str, dict]]) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     head = ["method"] + [
-        f"{n} {c}" for n in names for c in ("Hit@10", "bytes after last block", "train s / block")
+        f"{n} {c}"
+        for n in names
+        for c in ("Hit@10", "bytes after last block", "train s / block", "term's share")
     ]
     lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in methods:
@@ -81,13 +106,14 @@ def tables(data: dict[str, dict[str, dict]]) -> str:
         for n in names:
             f = data[n].get(m)
             if f is None:
-                cells += ["", "", ""]
+                cells += ["", "", "", ""]
                 continue
-            secs = f["train_s_per_continual_block"]
+            secs, share = f["train_s_per_continual_block"], f["extra_term_share_of_loss"]
             cells += [
                 _mean(f["hit@10"], f["seeds"]),
                 f"{f['bytes_after_last_block']:,}",
                 "" if secs is None else f"{secs:.0f}",
+                "" if share is None else f"{share:.1e}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
