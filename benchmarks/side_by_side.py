@@ -6,6 +6,7 @@ continual block and the extra term's share of the training loss (`proximal_share
     python benchmarks/side_by_side.py --dataset CDs runs/cds-seeds runs/cds-rest \\
         --dataset Beauty runs/beauty-seeds runs/beauty-s2 --md runs/side-by-side.md --json runs/side.json
 
+`--seeds 0` keeps seed 0 only (a lambda sweep run on one seed, next to the methods it is compared with).
 `--time-seeds 1 2` takes the training seconds from those seeds only (e.g. the ones that ran on an
 otherwise idle machine); the other columns use every seed.
 """
@@ -25,7 +26,7 @@ from peso.io import write_text
 from peso.report import continual_means
 
 
-def penalty_shares(runs: list[Path]) -> dict[str, float]:
+def penalty_shares(runs: list[Path], seeds: list[int] | None = None) -> dict[str, float]:
     """method -> mean share of the extra term in the training loss over its continual epochs (training.csv's
     `proximal_share`), a (method, seed) taken from the first run that has it, as `combine` does."""
     seen: dict[tuple[str, str], list[float]] = {}
@@ -35,6 +36,8 @@ def penalty_shares(runs: list[Path]) -> dict[str, float]:
             continue
         mine: dict[tuple[str, str], list[float]] = {}
         for r in csv.DictReader(path.open()):
+            if seeds is not None and int(r["seed"]) not in seeds:
+                continue
             if int(r["block"]) >= 1 and float(r["proximal"]) > 0:
                 mine.setdefault((r["method"], r["seed"]), []).append(float(r["proximal_share"]))
         for key, shares in mine.items():
@@ -45,10 +48,15 @@ def penalty_shares(runs: list[Path]) -> dict[str, float]:
     return {m: float(np.mean(v)) for m, v in by_method.items()}
 
 
-def dataset_summary(runs: list[Path], time_seeds: list[int] | None = None) -> dict[str, dict]:
-    """method -> figures of one dataset (see the module docstring)."""
+def dataset_summary(
+    runs: list[Path], time_seeds: list[int] | None = None, seeds: list[int] | None = None
+) -> dict[str, dict]:
+    """method -> figures of one dataset (see the module docstring), over `seeds` only if given."""
     rows, per_user, _ = combine(runs)
-    shares = penalty_shares(runs)
+    if seeds is not None:
+        rows = [r for r in rows if int(r["seed"]) in seeds]
+        per_user = {k: v for k, v in per_user.items() if k[1] in seeds}
+    shares = penalty_shares(runs, seeds)
     means, intervals = continual_means(rows), compare_methods(per_user)
     last = max(r["block"] for r in rows)
     out = {}
@@ -123,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", nargs="+", action="append", required=True, metavar=("NAME", "RUN_DIR"))
     ap.add_argument("--time-seeds", nargs="+", type=int)
+    ap.add_argument("--seeds", nargs="+", type=int, help="only these seeds (e.g. a sweep run on seed 0)")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -130,7 +139,7 @@ def main() -> None:
     for name, *runs in args.dataset:
         if not runs:
             ap.error(f"--dataset {name}: give at least one run folder")
-        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds)
+        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds, args.seeds)
     text = tables(data)
     print(text)
     if args.md:
