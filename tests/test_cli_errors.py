@@ -2,6 +2,7 @@
 and nothing written to --out. Every case fails before training starts."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -164,7 +165,9 @@ def test_existing_out_without_overwrite(tmp_path, capsys, good_data):
     (out / "sub" / "keep.txt").write_text("keep")
     before = {p.relative_to(out): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
     code, err = run_cli(capsys, write_config(tmp_path, good_data), out)
-    assert_one_error_line(code, err, str(out), "--overwrite")
+    assert_one_error_line(code, err, str(out), "not written by peso")
+    code, err = run_cli(capsys, write_config(tmp_path, good_data), out, overwrite=True)  # not even then
+    assert_one_error_line(code, err, str(out), "not written by peso")
     after = {p.relative_to(out): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
     assert after == before
 
@@ -186,3 +189,46 @@ def test_model_folder_that_is_not_a_checkpoint(tmp_path, capsys, good_data):
     )
     assert_one_error_line(code, err, "model.name", str(not_a_model))
     assert not out.exists()
+
+
+def test_version_and_help(capsys):
+    from peso import __version__
+    from peso.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"peso {__version__}"
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "usage: peso run --config CONFIG --out RUN_DIR" in text and "(required" in text
+    # every flag and argument of every command says what it is for
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, (name, action.dest)
+
+
+def test_a_log_gets_one_line_per_epoch_and_no_bar_frames_or_warnings(tmp_path, good_data):
+    """stderr to a file, as under CI or nohup: no carriage-return frames, one line per epoch."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, good_data)
+    log = tmp_path / "log.txt"
+    with log.open("w") as f:
+        cmd = [sys.executable, "-m", "peso.cli", "run", "--config", str(config), "--out", str(tmp_path / "r")]
+        cmd += ["--set", "methods=[single]", "--set", "train.epochs=2"]
+        code = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+    text = log.read_text()
+    assert code.returncode == 0, text
+    assert "\r" not in text and "Warning" not in text, text
+    epochs = [ln for ln in text.splitlines() if " epoch " in ln]
+    assert [ln.split(":")[0] for ln in epochs] == [
+        "seed 0 method block0 block 0 epoch 1/2",
+        "seed 0 method block0 block 0 epoch 2/2",
+        "seed 0 method single block 1 epoch 1/2",
+        "seed 0 method single block 1 epoch 2/2",
+    ]

@@ -240,18 +240,30 @@ def test_relative_data_path_resolved_against_config_folder(tmp_path, monkeypatch
     assert Path(cfg.data.path).is_dir()
 
 
-def test_relative_data_path_given_by_override(tmp_path, monkeypatch):
-    (tmp_path / "configs" / "toy").mkdir(parents=True)
+def test_relative_data_path_given_by_override_is_relative_to_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "configs" / "toy").mkdir(parents=True)  # a folder of that name beside the config too
+    (tmp_path / "toy").mkdir()
     cfg_path = write(tmp_path / "configs" / "run.yaml", "data: {path: nowhere}\n")
     monkeypatch.chdir(tmp_path)
     cfg = load_config(cfg_path, ["data.path=toy"])
-    assert Path(cfg.data.path).resolve() == (tmp_path / "configs" / "toy").resolve()
+    assert cfg.data.path == str(tmp_path / "toy")  # absolute: the saved config works from anywhere
 
 
-def test_relative_data_path_left_alone_when_nowhere(tmp_path, monkeypatch):
-    cfg_path = write(tmp_path / "configs" / "run.yaml", "data: {path: missing/folder}\n")
+def test_relative_data_path_in_the_file_is_relative_to_the_file_even_if_missing(tmp_path, monkeypatch):
+    cfg_path = write(tmp_path / "configs" / "run.yaml", "data: {path: ../missing/folder}\n")
+    (tmp_path / "work" / "missing" / "folder").mkdir(parents=True)  # the working folder has one: not used
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_config(cfg_path).data.path == str(tmp_path / "missing" / "folder")
+
+
+def test_model_folder_is_resolved_but_a_hub_id_is_kept(tmp_path, monkeypatch, data_dir):
+    (tmp_path / "configs" / "ckpt").mkdir(parents=True)
+    cfg_path = write(
+        tmp_path / "configs" / "run.yaml", f"data: {{path: {data_dir}}}\nmodel: {{name: ckpt}}\n"
+    )
     monkeypatch.chdir(tmp_path)
-    assert load_config(cfg_path).data.path == "missing/folder"
+    assert load_config(cfg_path).model.name == str(tmp_path / "configs" / "ckpt")
+    assert load_config(cfg_path, ["model.name=org/some-model"]).model.name == "org/some-model"
 
 
 def test_absolute_data_path_kept(tmp_path, data_dir):

@@ -31,7 +31,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.config or not args.out:
             raise PesoError("peso run", "needs --config and --out", "give both, or --resume RUN_DIR")
         out = Path(args.out)
-        run(load_config(args.config, args.set), out, overwrite=args.overwrite, argv=argv)
+        cfg = load_config(args.config, args.set)
+        run(cfg, out, overwrite=args.overwrite, argv=argv, inputs=[Path(args.config)])
     from peso.io import is_main
 
     if is_main():
@@ -48,8 +49,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     export = Path(args.export_release) if args.export_release else None
-    if export is not None:
-        check_export(export, args.overwrite)  # before anything is written
+    if export is not None:  # before anything is written
+        check_export(export, args.overwrite, [Path(i) for i in args.inputs] + [out])
     settings = CutSettings(args.base_fraction, args.blocks, args.min_items, args.kcore)
     columns = Columns(args.user_col, args.item_col, args.time_col)
     prep = prepare(args.inputs, out, args.format, columns, settings, overwrite=args.overwrite, name=args.name)
@@ -171,13 +172,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from peso import __version__
+
     parser = argparse.ArgumentParser(
         prog="peso", description="Continual LoRA adaptation of generative recommenders."
     )
+    parser.add_argument("--version", action="version", version=f"peso {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="train and evaluate methods block by block")
-    r.add_argument("--config", help="YAML run configuration (with --resume: optional, must be the run's)")
-    r.add_argument("--out", help="run folder for results, adapters and the resolved config")
+    r = sub.add_parser(
+        "run",
+        help="train and evaluate methods block by block",
+        description="Train block 0, adapt every method to each later block, evaluate each block's test "
+        "targets, and write results, adapters and the resolved config to RUN_DIR. A killed run continues "
+        "with --resume.",
+        usage="peso run --config CONFIG --out RUN_DIR [--set KEY=VALUE ...] [--overwrite]\n"
+        "       peso run --resume RUN_DIR [--config CONFIG] [--set KEY=VALUE ...]",
+    )
+    r.add_argument(
+        "--config", help="YAML run configuration (required; with --resume optional and must be the run's)"
+    )
+    r.add_argument(
+        "--out",
+        metavar="RUN_DIR",
+        help="run folder for results, adapters and the resolved config (required, unless --resume)",
+    )
     r.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -186,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
     )
-    r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder that peso wrote (kept until the new run completes its first unit)",
+    )
     r.set_defaults(func=_cmd_run)
 
     from peso.data.raw import FORMATS
@@ -229,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--levels", type=int, default=3, help="residual k-means levels before de-duplication (3)")
     k.add_argument("--codes", type=int, default=256, help="codes per level (256)")
     k.add_argument("--dim", type=int, default=64, help="collaborative embedding size (64)")
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--seed", type=int, default=0, help="seed of the k-means / RQ-VAE / SVD fits (0)")
     k.set_defaults(func=_cmd_tokenize)
 
     s = sub.add_parser(
@@ -287,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of a later block's picks drawn by taste among the items arriving in it (0: off)",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the generator (0)")
     s.add_argument(
         "--tokens",
         default="atomic",
@@ -299,9 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     e = sub.add_parser("export", help="write a DATA_DIR (blocks + index) in the PESO release JSON format")
-    e.add_argument("data_dir", metavar="DATA_DIR")
+    e.add_argument(
+        "data_dir", metavar="DATA_DIR", help="a folder written by `peso prepare` or `peso simulate`"
+    )
     e.add_argument("--out", required=True, help="folder for <NAME>.all.block_<t>.json and <NAME>.index.json")
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier `peso export` folder")
     e.set_defaults(func=_cmd_export)
     return parser
 
@@ -309,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():  # a log file gets one line per epoch, not the libraries' bar frames
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except PesoError as e:

@@ -59,7 +59,8 @@ def compare_methods(
     per_user: dict[tuple[str, int, int], np.ndarray], references: tuple[str, ...] = ("single", "peso")
 ) -> dict[str, dict[str, Interval]]:
     """method -> reference -> interval of (method - reference) over continual blocks, from per-user values
-    keyed by (method, seed, block); values averaged over the seeds both methods share."""
+    keyed by (method, seed, block); values averaged over the seeds where both methods have every block
+    (a run still going compares what it has)."""
     methods = list(dict.fromkeys(m for m, _, _ in per_user))
     blocks = sorted({b for _, _, b in per_user if b >= 1})
     out: dict[str, dict[str, Interval]] = {}
@@ -68,7 +69,9 @@ def compare_methods(
             if ref == method or ref not in methods:
                 continue
             seeds = sorted(
-                {s for m, s, _ in per_user if m == method} & {s for m, s, _ in per_user if m == ref}
+                s
+                for s in {s for m, s, _ in per_user if m == method}
+                if all((m, s, b) in per_user for m in (method, ref) for b in blocks)
             )
             if not seeds or not blocks:
                 continue

@@ -5,6 +5,7 @@ One `RunConfig` flows through a run and is saved beside its results.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,8 @@ def _distinct(values: list | None) -> list | None:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .inf` or `nan` would train to NaN and be reported as results
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -266,6 +268,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = {}
     if not isinstance(raw, dict):
         raise PesoError(str(path), "top level must be a mapping of sections", "see configs/quickstart.yaml")
+    _resolve_paths(raw, path.parent)  # a config file's relative paths are relative to the file
     set_keys = set()
     for item in overrides or []:
         if "=" not in item:
@@ -279,16 +282,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             ) from None
         _set_path(raw, key.strip(), parsed, "--set")
         set_keys.add(key.strip())
+    _resolve_paths(raw, Path.cwd())  # what is still relative came from --set: relative to the working folder
     try:
-        cfg = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw)
     except ValidationError as e:
         loc = ".".join(str(p) for p in e.errors()[0]["loc"])
-        where = "--set" if any(loc == k or loc.startswith(k + ".") for k in set_keys) else str(path)
+        from_set = any(loc == k or loc.startswith(k + ".") or k.startswith(loc + ".") for k in set_keys)
         raise PesoError(
-            where, _format_validation(e), "correct the value; see configs/quickstart.yaml"
+            "--set" if from_set else str(path),
+            _format_validation(e),
+            "correct the value; see configs/quickstart.yaml",
         ) from None
-    # a relative data path is relative to the config file (configs travel with their data), else to the cwd
-    data_path = Path(cfg.data.path)
-    if not data_path.is_absolute() and (path.parent / data_path).exists():
-        cfg.data.path = str(path.parent / data_path)
-    return cfg
+
+
+def _resolve_paths(raw: dict, base: Path) -> None:
+    """Make data.path, and model.name where it names an existing folder, absolute against `base`: the saved
+    config then works from any working folder. A model.name that is no folder there (a hub id, an alias)
+    stays as it is."""
+    data, model = raw.get("data"), raw.get("model")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        p = Path(data["path"]).expanduser()
+        data["path"] = p.as_posix() if p.is_absolute() else os.path.abspath(base / p)
+    if isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"]:
+        p = Path(model["name"]).expanduser()
+        if not p.is_absolute() and (base / p).is_dir():
+            model["name"] = os.path.abspath(base / p)

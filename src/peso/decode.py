@@ -14,11 +14,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from peso.io import is_main
 from peso.model import TokenSpace, merged
 from peso.pack import mask_dtype
+from peso.progress import bar
 from peso.tokenize.trie import Trie
 from peso.train import left_pad, position_ids
 
@@ -99,9 +98,7 @@ def recommend(
     # similar lengths together: less padding
     order = np.argsort([len(p) for p in prompts], kind="stable")
     with merged(model) if merge else nullcontext(model):
-        for start in tqdm(
-            range(0, len(prompts), batch_size), desc=desc, leave=False, mininterval=1.0, disable=not is_main()
-        ):
+        for start in bar(range(0, len(prompts), batch_size), desc):
             rows = order[start : start + batch_size]
             sids, _ = beam_search_batch(model, [prompts[r] for r in rows], space, trie, beam, top_k)
             out[rows] = sids.cpu().numpy()

@@ -105,6 +105,61 @@ def smollm2_135m() -> Path:
 ALIASES: dict[str, Callable[[], Path]] = {"smollm2-135m": smollm2_135m}
 
 
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Can a TCP connection reach the hub endpoint? (huggingface_hub would retry for ~20 s before failing.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True, host
+    except OSError:
+        return False, host
+
+
+def check_model(name: str) -> str:
+    """The loadable folder or hub id of `model.name`, or one line saying why it cannot be loaded: a local
+    folder must hold a checkpoint; a hub id must be cached or the hub reachable (checked at once, with no
+    retries)."""
+    from transformers import AutoConfig
+
+    fix = "use model.name=tiny, smollm2-135m or the path of a Hugging Face checkpoint folder"
+    path = resolve(name)  # an alias converts here, into the cache, with its own errors
+    if Path(path).exists():
+        try:
+            AutoConfig.from_pretrained(path)
+            return path
+        except (OSError, ValueError):
+            raise PesoError(
+                "model.name", f"'{name}' is a folder without a Hugging Face checkpoint", fix
+            ) from None
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True)  # in the hub cache
+        return path
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise PesoError(
+            "model.name",
+            f"'{name}' is neither a local folder nor in the hub cache (HF_HUB_OFFLINE is set)",
+            fix,
+        )
+    reachable, host = _hub_reachable()
+    if not reachable:
+        raise PesoError(
+            "model.name",
+            f"'{name}' is neither a local folder nor in the hub cache, and {host} cannot be reached",
+            fix,
+        )
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        raise PesoError("model.name", f"'{name}' is not a model on {host}", fix) from None
+    return path
+
+
 def resolve(name: str) -> str:
     """The folder or hub id that `from_pretrained` should load for `model.name`. An existing local folder
     wins over an alias of the same name (an explicit path is never second-guessed)."""

@@ -8,6 +8,7 @@ prompt for a pretrained LLM.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ PROMPT = (
     "Can you predict the next possible item that the user may expect?\n### Response:\n"
 )
 TINY_SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2 of the tiny vocabulary
+# PEFT reads this deprecated transformers attribute on every get_peft_model: a warning per run, not ours
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -142,6 +145,26 @@ def _is_tied(model: PreTrainedModel) -> bool:
 
 def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is module).split(".")[-1]
+
+
+def check_lora_targets(cfg: ModelConfig) -> None:
+    """Refuse LoRA target modules the backbone does not have, before a run writes anything: the backbone's
+    skeleton on the meta device (no weights, no memory) names its linear layers."""
+    from transformers import AutoConfig
+
+    with torch.device("meta"):
+        if cfg.name == "tiny":
+            model = _tiny(cfg, ItemIndex.from_tokens({"i": ["<a_0>"]}))[0]
+        else:
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve(cfg.name)))
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in cfg.lora.target_modules if t not in linear]
+    if missing:
+        raise PesoError(
+            "model.lora.target_modules",
+            f"{missing} name no linear layer of '{cfg.name}'",
+            f"choose among {', '.join(sorted(linear - {'lm_head'}))}",
+        )
 
 
 def attach_lora(model: PreTrainedModel, cfg: ModelConfig, space: TokenSpace) -> PeftModel:

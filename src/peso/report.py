@@ -118,6 +118,9 @@ def _per_block(rows: list[dict]) -> list[str]:
         cells = []
         for b in blocks:
             rs = [r for r in rows if r["method"] == method and r["block"] == b]
+            if not rs:  # a run still going: this block is not done yet
+                cells.append("")
+                continue
             h, n = [r["hit@10"] for r in rs], [r["ndcg@10"] for r in rs]
             cells.append(f"{_fmt(np.mean(h), np.std(h), len(h))} / {_fmt(np.mean(n), np.std(n), len(n))}")
         last = [

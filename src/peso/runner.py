@@ -9,6 +9,7 @@ Runs resume (`peso run --resume RUN_DIR`) at method granularity; `peso.units` sa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -35,9 +36,9 @@ from peso.data.load import read_blocks
 from peso.data.samples import BlockSamples, build_samples
 from peso.decode import recommend
 from peso.errors import PesoError
-from peso.io import atomic_dir, write_text
+from peso.io import Replacement, atomic_dir, check_out, mark, write_text
 from peso.metrics import per_user
-from peso.model import TokenSpace, attach_lora, load_backbone, save_base
+from peso.model import TokenSpace, attach_lora, check_lora_targets, load_backbone, save_base
 from peso.pack import concat, pack
 from peso.report import console_table, markdown, plot, write_csv
 from peso.strategies import AdapterStrategy, StandaloneMethod, create
@@ -81,19 +82,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     for name in cfg.methods:
         create(name, cfg)  # unknown names fail here, before anything is written
     if cfg.model.name != "tiny":
-        from transformers import AutoConfig
+        from peso.hub import check_model
 
-        from peso.hub import resolve
-
-        path = resolve(cfg.model.name)  # an alias converts here, into the cache, with its own errors
-        try:  # a local folder must hold a checkpoint; a hub id must be cached or reachable
-            AutoConfig.from_pretrained(path)
-        except (OSError, ValueError):
-            raise PesoError(
-                "model.name",
-                f"'{cfg.model.name}' is not 'tiny', a local checkpoint folder, or a cached hub model",
-                "use model.name=tiny or the path of a Hugging Face checkpoint",
-            ) from None
+        check_model(cfg.model.name)
+    check_lora_targets(cfg.model)
     data = read_blocks(cfg.data.path, cfg.data.blocks)  # DATA_DIR or release folder
     index = ItemIndex.from_tokens(data.index, data.index_source)
     ids = index.item_ids()
@@ -207,8 +199,11 @@ class Run:
         out: Path,
         completed: list[str] | None = None,
         seconds: float = 0.0,
+        on_commit=lambda: None,
+        summary: dict | None = None,
     ) -> None:
         self.cfg, self.prep, self.out = cfg, prep, out
+        self.on_commit, self.summary = on_commit, summary or {}
         self.completed: list[str] = list(completed or [])  # units done, "seed_<s>/<unit>", in order
         self.seconds0, self.start = seconds, time.perf_counter()  # earlier sessions' time, this one's start
         self.rows: list[dict] = []
@@ -278,7 +273,7 @@ class Run:
             seed=seed * 1000 + t,
             autocast=tc.autocast == "bf16",
             extra_loss=(strategy.extra_loss if strategy else (lambda m, s: None)),
-            desc=f"seed {seed} block {t} {label}",
+            desc=f"seed {seed} method {label} block {t}",
         )
         for e in range(report.epochs):
             self.train_log.append(
@@ -329,9 +324,13 @@ class Run:
         """Results so far, rewritten atomically after every block: a killed run leaves a readable table."""
         write_csv(self.rows, self.out / "results.csv")
         if self.train_log:
-            cols = list(self.train_log[0])
-            lines = [",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in self.train_log]
-            write_text(self.out / "training.csv", "\n".join(lines) + "\n")
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(self.train_log[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.train_log)
+            write_text(self.out / "training.csv", buf.getvalue())
+        elif (self.out / "training.csv").exists() and dist.is_main():
+            (self.out / "training.csv").unlink()
 
     # --- resumable units -----------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -360,6 +359,52 @@ class Run:
         save_unit(unit_dir(self.out, seed, unit), record)
         self.completed.append(f"seed_{seed}/{unit}")
         self.write_progress()
+        self.on_commit()
+        self.report()
+
+    @contextlib.contextmanager
+    def _unit(self, folders: list[Path]):
+        """A unit's work: if it fails (bad input, divergence, a crash), nothing of it stays recorded."""
+        mark = self._begin()
+        try:
+            yield mark
+        except BaseException:
+            del self.rows[mark[0] :], self.train_log[mark[1] :]
+            for k in list(self.per_user)[mark[2] :]:
+                del self.per_user[k]
+            self.flush()
+            if dist.is_main():
+                for f in folders:
+                    shutil.rmtree(f, ignore_errors=True)
+            raise
+
+    def units(self) -> list[str]:
+        """Every unit of the run, in order ("seed_<s>/<unit>")."""
+        methods = [create(n, self.cfg) for n in self.prep.methods] + peso_sweep(self.cfg)
+        standalone = [m.name for m in methods if isinstance(m, StandaloneMethod)]
+        adapters = [m.name for m in methods if isinstance(m, AdapterStrategy)]
+        names = standalone + ([BLOCK0, *adapters] if adapters else [])
+        return [f"seed_{s}/{u}" for s in self.cfg.seeds for u in names]
+
+    def report(self, final: bool = False) -> None:
+        """results.md from the rows so far; an unfinished run says so at its top."""
+        summary = dict(self.summary)
+        if not final:
+            total = len(self.units())
+            summary = {
+                "incomplete": f"{len(self.completed)} of {total} units (resume with "
+                f"`peso run --resume {self.out}`)",
+                **summary,
+            }
+        shares: dict[str, list[float]] = {}
+        for r in self.train_log:
+            if r["block"] > 0 and r["proximal"] > 0:
+                shares.setdefault(r["method"], []).append(r["proximal_share"])
+        if shares:  # how much the extra term weighs: lambda is only meaningful against it
+            summary["extra term's share of the training loss (mean over continual epochs)"] = ", ".join(
+                f"{m} {np.mean(v):.2e}" for m, v in shares.items()
+            )
+        write_text(self.out / "results.md", markdown(self.rows, summary, compare_methods(self.per_user)))
 
     def _replay(self, seed: int, unit: str) -> Unit | None:
         """A completed unit's rows, log, per-user arrays and end RNG state, from RUN_DIR; None if not done."""
@@ -382,19 +427,19 @@ class Run:
         adapters = [m for m in methods if isinstance(m, AdapterStrategy)]
         for m in methods:
             if isinstance(m, StandaloneMethod) and not self._replay(seed, m.name):
-                mark = self._begin()
-                index = prep.index
-                m.start(seed, Catalogue(index.sid, len(index.items), index.n_sids, prep.known))
-                for t, s in enumerate(prep.samples):
-                    seconds = m.fit_block(t, s)
-                    ranked = m.rank(t, s, cfg.decode.top_k)
-                    self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
-                    trained = None
-                    if seconds is not None:
-                        n = m.trained_targets or len(s.examples("train"))
-                        trained = Trained(seconds, m.best_epoch or None, n / max(seconds, 1e-9))
-                    self._row(m.name, seed, s, self._score(ranked, s), trained)
-                self._commit(seed, m.name, mark)
+                with self._unit([self.out / f"seed_{seed}" / m.name]) as mark:
+                    index = prep.index
+                    m.start(seed, Catalogue(index.sid, len(index.items), index.n_sids, prep.known))
+                    for t, s in enumerate(prep.samples):
+                        seconds = m.fit_block(t, s)
+                        ranked = m.rank(t, s, cfg.decode.top_k)
+                        self._save_recs(s, ranked, self.out / f"seed_{seed}" / m.name / f"block_{s.number}")
+                        trained = None
+                        if seconds is not None:
+                            n = m.trained_targets or len(s.examples("train"))
+                            trained = Trained(seconds, m.best_epoch or None, n / max(seconds, 1e-9))
+                        self._row(m.name, seed, s, self._score(ranked, s), trained)
+                    self._commit(seed, m.name, mark)
         if not adapters:
             return
         units = [BLOCK0] + [m.name for m in adapters]
@@ -428,57 +473,59 @@ class Run:
             _load(params, after0)
             model.eval()  # as training leaves it
         else:
-            mark = self._begin()
-            for n, p in model.named_parameters():
-                p.requires_grad_(n in block0)
-            report0 = self._train(model, None, 0, seed, encs[0], "block0")
-            for n, p in model.named_parameters():
-                p.requires_grad_(n in adapter_params)
-            metrics0 = self._eval(
-                model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0"
-            )
-            if full:
-                with atomic_dir(seed_dir / "base") as tmp:
-                    save_base(model, tmp)
-            nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
-            after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
-            for m in adapters:
-                self._row(m.name, seed, s0, metrics0, Trained.of(report0), nbytes0)
-            self._commit(seed, BLOCK0, mark, after0)
+            with self._unit([seed_dir / "block_0", seed_dir / "base"]) as mark:
+                for n, p in model.named_parameters():
+                    p.requires_grad_(n in block0)
+                report0 = self._train(model, None, 0, seed, encs[0], "block0")
+                for n, p in model.named_parameters():
+                    p.requires_grad_(n in adapter_params)
+                metrics0 = self._eval(
+                    model, space, encs[0]["test"], 0, f"seed {seed} block 0 decode", seed_dir / "block_0"
+                )
+                if full:
+                    with atomic_dir(seed_dir / "base") as tmp:
+                        save_base(model, tmp)
+                nbytes0 = export_block(save_adapter, model, space, seed_dir / "block_0" / "adapter")
+                after0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in block0}
+                for m in adapters:
+                    self._row(m.name, seed, s0, metrics0, Trained.of(report0), nbytes0)
+                self._commit(seed, BLOCK0, mark, after0)
 
         for m in adapters:
             if self._replay(seed, m.name):
                 continue
-            mark = self._begin()
-            _load(params, after0)  # every method starts from the same block-0 model
-            for t, s in enumerate(prep.samples[1:], start=1):
-                report, nbytes = None, 0
-                block_dir = seed_dir / m.name / f"block_{s.number}"
-                if m.retrains:  # from the block-0 starting point, on every block so far, as block 0 trains
-                    _load(params, init)
-                    for n, p in params.items():
-                        p.requires_grad_(n in block0)
-                    data = {
-                        "train": concat([encs[i]["train"] for i in range(t + 1)]),
-                        "valid": encs[t]["valid"],
-                    }
-                    report = self._train(model, m, t, seed, data, m.name)
-                    for n, p in params.items():
-                        p.requires_grad_(n in adapter_params)
-                    nbytes = export_block(m.export, model, space, block_dir / "adapter")
-                elif m.trains:
-                    m.setup_block(
-                        model, t, BlockData(encs[t]["train"], encs[t - 1]["train"], cfg.train.batch_size)
+            with self._unit([seed_dir / m.name]) as mark:
+                _load(params, after0)  # every method starts from the same block-0 model
+                for t, s in enumerate(prep.samples[1:], start=1):
+                    report, nbytes = None, 0
+                    block_dir = seed_dir / m.name / f"block_{s.number}"
+                    if (
+                        m.retrains
+                    ):  # from the block-0 starting point, on every block so far, as block 0 trains
+                        _load(params, init)
+                        for n, p in params.items():
+                            p.requires_grad_(n in block0)
+                        data = {
+                            "train": concat([encs[i]["train"] for i in range(t + 1)]),
+                            "valid": encs[t]["valid"],
+                        }
+                        report = self._train(model, m, t, seed, data, m.name)
+                        for n, p in params.items():
+                            p.requires_grad_(n in adapter_params)
+                        nbytes = export_block(m.export, model, space, block_dir / "adapter")
+                    elif m.trains:
+                        m.setup_block(
+                            model, t, BlockData(encs[t]["train"], encs[t - 1]["train"], cfg.train.batch_size)
+                        )
+                        report = self._train(model, m, t, seed, encs[t], m.name)
+                        m.end_block(model, t)
+                        nbytes = export_block(m.export, model, space, block_dir / "adapter")
+                    metrics = self._eval(
+                        model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir
                     )
-                    report = self._train(model, m, t, seed, encs[t], m.name)
-                    m.end_block(model, t)
-                    nbytes = export_block(m.export, model, space, block_dir / "adapter")
-                metrics = self._eval(
-                    model, space, encs[t]["test"], t, f"seed {seed} block {t} {m.name} decode", block_dir
-                )
-                self._row(m.name, seed, s, metrics, Trained.of(report) if report else None, nbytes)
-            m.teardown(model)
-            self._commit(seed, m.name, mark)
+                    self._row(m.name, seed, s, metrics, Trained.of(report) if report else None, nbytes)
+                m.teardown(model)
+                self._commit(seed, m.name, mark)
 
 
 def _prepare_once(cfg: RunConfig) -> Prepared:
@@ -499,28 +546,34 @@ def _load(params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor])
             params[n].copy_(v)
 
 
-def run(cfg: RunConfig, out: Path, overwrite: bool = False, argv: list[str] | None = None) -> list[dict]:
-    """Validate, then run every seed and method; returns the result rows."""
+def run(
+    cfg: RunConfig,
+    out: Path,
+    overwrite: bool = False,
+    argv: list[str] | None = None,
+    inputs: list[Path] | None = None,
+) -> list[dict]:
+    """Validate, then run every seed and method; returns the result rows. `inputs`: files the command read
+    (the config), which --out may not hold. With --overwrite the old run folder is put back if the new run
+    fails before its first unit is complete."""
     prep = _prepare_once(cfg)
-    if out.exists() and not out.is_dir():
-        raise PesoError(str(out), "exists and is not a folder", "choose another --out")
-    full = out.exists() and any(out.iterdir())
-    if full and not overwrite:
-        raise PesoError(
-            str(out), "run folder exists and is not empty", "pass --overwrite or choose another --out"
-        )
-    dist.barrier()  # every process has looked before the main one clears it
-    if dist.is_main():
-        if full:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    info = manifest(cfg, prep, argv or sys.argv)
-    write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
-    write_text(out / "manifest.json", json.dumps(info, indent=2))
-    write_progress(out, [], 0.0, False)
-    return _execute(cfg, prep, out, info, [], 0.0)
+    model_dir = [Path(cfg.model.name)] if Path(cfg.model.name).exists() else []
+    check_out(out, "run", overwrite, [Path(cfg.data.path), *model_dir, *(inputs or [])])
+    dist.barrier()  # every process has looked before the main one moves the old run aside
+    replacement = Replacement(out, "run")
+    replacement.begin()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        info = manifest(cfg, prep, argv or sys.argv)
+        mark(out, "run")
+        write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
+        write_text(out / "manifest.json", json.dumps(info, indent=2))
+        write_progress(out, [], 0.0, False)
+        return _execute(cfg, prep, out, info, [], 0.0, on_commit=replacement.keep)
+    except BaseException:
+        replacement.undo()  # nothing if a unit was completed: the new run is then resumable
+        raise
 
 
 def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = None) -> list[dict]:
@@ -551,11 +604,20 @@ def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = N
     )
     write_text(out / "manifest.json", json.dumps(info, indent=2))
     console.print(f"resuming {out}: {len(progress['completed'])} units done before")
-    return _execute(cfg, prep, out, info, progress["completed"], float(progress.get("seconds", 0.0)))
+    stale = Replacement(out, "run")  # what an --overwrite killed before its first unit left beside
+    return _execute(
+        cfg, prep, out, info, progress["completed"], float(progress.get("seconds", 0.0)), stale.keep
+    )
 
 
 def _execute(
-    cfg: RunConfig, prep: Prepared, out: Path, info: dict, completed: list[str], seconds: float
+    cfg: RunConfig,
+    prep: Prepared,
+    out: Path,
+    info: dict,
+    completed: list[str],
+    seconds: float,
+    on_commit=lambda: None,
 ) -> list[dict]:
     col = info["collisions"]
     console.print(
@@ -563,7 +625,14 @@ def _execute(
         f"({col['shared_ids']} shared by {col['items_in_shared_ids']} items), blocks "
         + ", ".join(f"{k}: {v} users" for k, v in info["blocks"].items())
     )
-    run_ = Run(cfg, prep, out, completed, seconds)
+    summary = {
+        "dataset": prep.name,
+        "model": cfg.model.name,
+        "seeds": cfg.seeds,
+        "semantic-ID collisions": f"{col['shared_ids']} IDs shared by {col['items_in_shared_ids']} items "
+        "(a generated ID is a hit for any item carrying it)",
+    }
+    run_ = Run(cfg, prep, out, completed, seconds, on_commit, summary)
     for seed in cfg.seeds:
         run_.seed(seed)
     info["wall_seconds"] = round(run_.elapsed(), 1)  # over every session, up to the last completed unit
@@ -572,23 +641,8 @@ def _execute(
     if torch.cuda.is_initialized():
         info["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     write_text(out / "manifest.json", json.dumps(info, indent=2))
-    summary = {
-        "dataset": prep.name,
-        "model": cfg.model.name,
-        "seeds": cfg.seeds,
-        "semantic-ID collisions": f"{col['shared_ids']} IDs shared by {col['items_in_shared_ids']} items "
-        "(a generated ID is a hit for any item carrying it)",
-        "wall time": f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB",
-    }
-    shares: dict[str, list[float]] = {}
-    for r in run_.train_log:
-        if r["block"] > 0 and r["proximal"] > 0:
-            shares.setdefault(r["method"], []).append(r["proximal_share"])
-    if shares:  # how much the extra term weighs: lambda is only meaningful against it
-        summary["extra term's share of the training loss (mean over continual epochs)"] = ", ".join(
-            f"{m} {np.mean(v):.2e}" for m, v in shares.items()
-        )
-    write_text(out / "results.md", markdown(run_.rows, summary, compare_methods(run_.per_user)))
+    run_.summary["wall time"] = f"{info['wall_seconds']} s, peak memory {info['peak_rss_mb']} MiB"
+    run_.report(final=True)
     plot(run_.rows, out / "ndcg10.png", f"{prep.name}: NDCG@10 per block")
     run_.write_progress(finished=True)
     console.print(console_table(run_.rows, f"{prep.name} ({cfg.model.name}), test Hit@10 / NDCG@10"))

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from peso import dist
 from peso.data.samples import BlockSamples
 from peso.model import TokenSpace
 from peso.pack import IGNORE, Packed, Step, mask_dtype
+from peso.progress import bar as progress_bar
+from peso.progress import check_finite, note
 
 
 @dataclass
@@ -175,18 +176,13 @@ def train_block(
     best_loss, best_state = math.inf, None
     tokens, world = label_counts(train), dist.world()
     wrapped = dist.wrap(model)
+    fix = f"lower train.lr (this block trains at {lr:g})"
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
         ce_sum = pen_sum = 0.0
         batches = plan[epoch - 1]
-        bar = tqdm(
-            batches,
-            desc=f"{desc} epoch {epoch}/{epochs}",
-            leave=False,
-            mininterval=1.0,
-            disable=not dist.is_main(),
-        )
+        bar = progress_bar(batches, f"{desc} epoch {epoch}/{epochs}")
         for step, rows in enumerate(bar):
             mine, weight = (rows, True) if world == 1 else dist.shard_rows(rows)
             step_out = forward_targets(wrapped, train, mine, autocast)
@@ -199,15 +195,20 @@ def train_block(
                 )
             extra = extra_loss(model, step_out)
             loss = ce * world if extra is None else ce * world + extra
+            if world == 1:  # several processes: the gradient norm below, the same in all, says it
+                check_finite(loss.item(), "the loss", desc, epoch, step + 1, fix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            check_finite(float(norm), "the gradient norm", desc, epoch, step + 1, fix)
             opt.step()
             sched.step()
             ce_sum += ce.item()
             pen_sum += 0.0 if extra is None else extra.item()
-            if step % 20 == 0:  # this process's share x world: about the batch's mean
+            if step % 20 == 0 and hasattr(bar, "set_postfix"):  # this process's share x world: the batch mean
                 bar.set_postfix(
                     ce=f"{ce.item() * world:.3f}", prox=f"{0.0 if extra is None else extra.item():.2e}"
                 )
@@ -217,6 +218,12 @@ def train_block(
         report.targets += int(counts.sum())
         vloss = evaluate_loss(model, valid, temperature, batch_size * 2, autocast)
         report.valid_losses.append(vloss)
+        check_finite(vloss, "the validation loss", desc, epoch, len(batches), fix)
+        note(
+            f"{desc} epoch {epoch}/{epochs}: train ce {report.train_ce[-1]:.4f}"
+            + (f", extra term {report.train_penalty[-1]:.3e}" if report.train_penalty[-1] else "")
+            + f", valid loss {vloss:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
         if vloss < best_loss:
             best_loss, report.best_epoch = vloss, epoch
             best_state = [p.detach().clone() for p in params]

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from peso.config import RunConfig
 from peso.errors import PesoError
-from peso.io import atomic_dir, write_text
+from peso.io import atomic_dir, folder_kind, write_text
 
 PROGRESS = "progress.json"
 BLOCK0 = "block_0"  # the unit name of a seed's shared block 0
@@ -133,11 +133,18 @@ def write_progress(out: Path, completed: list[str], seconds: float, finished: bo
 
 def load_resumable(out: Path) -> tuple[RunConfig, dict]:
     """The saved config and progress of a run folder that `--resume` can continue; writes nothing."""
-    fix = f"start it with `peso run --config CONFIG --out {out}` (--overwrite to replace it)"
+    fix = f"start a run with `peso run --config CONFIG --out {out}`"
     if not out.is_dir():
         raise PesoError(str(out), "run folder not found", fix)
     if not (out / "config.yaml").is_file() or not (out / PROGRESS).is_file():
-        raise PesoError(str(out), f"not a resumable run folder (no config.yaml or {PROGRESS})", fix)
+        ours = folder_kind(out) == "run"  # killed before it wrote progress.json: start it again
+        raise PesoError(
+            str(out),
+            f"not a resumable run folder (no config.yaml or {PROGRESS})",
+            f"start it again with `peso run --config CONFIG --out {out} --overwrite`"
+            if ours
+            else "give --resume a folder that `peso run` wrote",
+        )
     try:
         cfg = RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
         progress = json.loads((out / PROGRESS).read_text())

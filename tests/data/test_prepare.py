@@ -83,8 +83,17 @@ def write_log(path: Path, gz: bool = False) -> Path:
     return path
 
 
-def as_lists(blocks) -> dict[int, list[tuple[str, list[str], list[str]]]]:
-    return {b.number: list(zip(b.users, b.previous, b.current, strict=True)) for b in blocks}
+def as_lists(blocks, min_items: int = 0) -> dict[int, list[tuple[str, list[str], list[str]]]]:
+    """Per block: (user, previous, current), for users with >= min_items items in the block."""
+    return {
+        b.number: [r for r in zip(b.users, b.previous, b.current, strict=True) if len(r[2]) >= min_items]
+        for b in blocks
+    }
+
+
+def listing(folder: Path) -> list[str]:
+    """File names, without peso's hidden marker."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -184,11 +193,10 @@ def test_export_release_then_read_release(tmp_path, capsys):
         capsys, "prepare", str(log), "--out", str(out), *SETTINGS, "--export-release", str(rel)
     )
     assert code == 0, err
-    assert sorted(p.name for p in rel.iterdir()) == [
-        f"toy.all.block_{t}.json" for t in range(3)
-    ]  # no index yet
+    assert listing(rel) == [f"toy.all.block_{t}.json" for t in range(3)]  # no index yet
     (rel / "toy.index.atomic.json").write_text(json.dumps({f"i{k}": [f"<i_{k}>"] for k in range(1, 9)}))
-    assert as_lists(read_release(rel).blocks) == EXPECTED
+    # the export also lists users with fewer than 3 items in a block (history only): no interaction is lost
+    assert as_lists(read_release(rel).blocks, min_items=3) == EXPECTED
 
 
 def test_release_in_release_out_with_index(tmp_path):
@@ -300,9 +308,9 @@ def test_bad_settings_and_existing_out(tmp_path, capsys):
     keep.mkdir()
     (keep / "mine.txt").write_text("x")
     code, _, err = cli(capsys, "prepare", str(log), "--out", str(keep), *SETTINGS)
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "not written by peso" in err
     code, _, err = cli(capsys, "prepare", str(log), "--out", str(keep), *SETTINGS, "--overwrite")
-    assert code == 2 and "not a DATA_DIR" in err and (keep / "mine.txt").read_text() == "x"
+    assert code == 2 and "not written by peso" in err and (keep / "mine.txt").read_text() == "x"
 
 
 def test_overwrite_replaces_a_data_dir(tmp_path, capsys):
@@ -330,3 +338,21 @@ def test_real_amazon2014_beauty(tmp_path):
     data = read_prepared(tmp_path / "beauty")
     assert [b.number for b in data.blocks] == [0, 1, 2, 3, 4]
     assert all(len(c) >= 3 for b in data.blocks for c in b.current)
+
+
+def test_prepare_export_prepare_keeps_every_interaction(tmp_path):
+    """MovieLens-100k (RecBole files): users with fewer than 3 items in a block are in the export too."""
+    raw = SHARED / "ml-100k_recbole"
+    from peso.tokenize.build import tokenize
+
+    first = prepare([raw], tmp_path / "a")
+    tokenize(tmp_path / "a", "atomic")  # a release folder carries its index
+    export_release(tmp_path / "a", tmp_path / "rel")
+    again = prepare([tmp_path / "rel"], tmp_path / "b")
+    cols = ["user", "item", "block", "evaluated"]
+    a = first.interactions.select(cols).sort(cols)
+    b = again.interactions.select(cols).sort(cols)
+    assert a.height == first.stats["interactions"] == again.stats["interactions"] > 90_000
+    short = a.filter(~pl.col("evaluated")).height
+    assert short > 0  # the case that used to be lost: history-only interactions of a block
+    assert a.equals(b)

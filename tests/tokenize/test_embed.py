@@ -17,3 +17,11 @@ def test_collaborative_fold_in_reproduces_fitted_items():
     # with the full rank kept, folding the base interactions back in gives the fitted factors
     folded = model.fold_in(users, items, 20)
     assert np.allclose(folded, model.item_factors, atol=1e-6)
+
+
+def test_collaborative_fold_in_of_users_reproduces_fitted_users():
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 15, 300), rng.integers(0, 25, 300)
+    model = Collaborative(users, items, 15, 25, dim=14, seed=0)  # full rank: min(15, 25) - 1
+    folded = model.fold_in_users(model.item_factors, users, items, 15)
+    assert np.allclose(folded, model.user_factors, atol=1e-6)

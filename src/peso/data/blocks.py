@@ -45,6 +45,14 @@ def select_blocks(found: list[int], blocks: list[int] | None, folder: Path) -> l
                 "data.blocks", f"blocks {missing} not in {folder} (found {numbers})", "list existing blocks"
             )
         numbers = sorted(blocks)
+    else:
+        gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers)) if numbers else []
+        if gaps:  # a continual run over a gap would adapt across two slices as if they were one
+            raise PesoError(
+                str(folder),
+                f"block(s) {gaps} missing between blocks {numbers[0]} and {numbers[-1]} (found {numbers})",
+                "add the missing block, or list the blocks to use in data.blocks",
+            )
     if len(numbers) < 2:
         raise PesoError(
             str(folder), f"only block(s) {numbers}: a continual run needs a base block and at least one more"

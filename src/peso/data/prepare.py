@@ -28,7 +28,7 @@ import polars as pl
 
 from peso.data.raw import Columns, RawData, detect_format, read_raw
 from peso.errors import PesoError
-from peso.io import atomic_dir
+from peso.io import atomic_dir, check_out
 
 INTERACTIONS, ITEMS, STATS, INDEX = "interactions.parquet", "items.parquet", "stats.json", "index.json"
 
@@ -224,22 +224,13 @@ def prepare_data(raw: RawData, settings: CutSettings, fmt: str = "", name: str |
     return PreparedData(interactions=cut, items=items, index=raw.index, stats=stats)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not overwrite:
-        raise PesoError(str(out), "already exists", "pass --overwrite or choose another --out")
-    if out.is_file() or (any(out.iterdir()) and not (out / STATS).is_file()):
-        raise PesoError(
-            str(out), "exists and is not a DATA_DIR (no stats.json): not replacing it", "choose another --out"
-        )
-
-
-def write_data_dir(prep: PreparedData, out: str | Path, overwrite: bool = False) -> Path:
+def write_data_dir(
+    prep: PreparedData, out: str | Path, overwrite: bool = False, inputs: list[Path] | None = None
+) -> Path:
     """Write DATA_DIR atomically: everything goes to a temp folder beside `out`, then one rename."""
     out = Path(out)
-    _check_out(out, overwrite)
-    with atomic_dir(out) as tmp:
+    check_out(out, "data", overwrite, inputs or [Path(p) for p in prep.stats.get("inputs", [])])
+    with atomic_dir(out, kind="data") as tmp:
         prep.interactions.write_parquet(tmp / INTERACTIONS)
         prep.items.write_parquet(tmp / ITEMS)
         if prep.index:
@@ -260,33 +251,32 @@ def prepare(
     """Read, cut and write a DATA_DIR in one call (what `peso prepare` does)."""
     settings = settings or CutSettings()
     settings.check()
-    _check_out(Path(out), overwrite)  # before the (possibly long) read
+    sources = [Path(p) for p in inputs]
+    check_out(Path(out), "data", overwrite, sources)  # before the (possibly long) read
     fmt = detect_format(inputs) if fmt == "auto" else fmt
     raw = read_raw(inputs, fmt, columns)
     prep = prepare_data(raw, settings, fmt, name or raw.name or Path(out).name)
-    write_data_dir(prep, out, overwrite)
+    write_data_dir(prep, out, overwrite, sources)
     return prep
 
 
-def check_export(out: Path, overwrite: bool) -> None:
-    """Refuse an export folder that exists (unless overwrite) or that holds anything but release JSON."""
-    if not out.exists():
-        return
-    if not overwrite:
-        raise PesoError(str(out), "already exists", "pass --overwrite or choose another folder")
-    if out.is_file() or any(p for p in out.iterdir() if not p.name.endswith((".json", ".json.gz"))):
-        raise PesoError(str(out), "exists and holds other files: not replacing it", "choose another folder")
+def check_export(out: Path, overwrite: bool, inputs: list[Path] | None = None) -> None:
+    """Refuse an export folder that holds anything but an earlier `peso export` (and that only with
+    --overwrite), or that holds the inputs."""
+    check_out(out, "release", overwrite, inputs or [], flag="--export-release" if inputs else "--out")
 
 
 def export_release(data_dir: str | Path, out_folder: str | Path, overwrite: bool = False) -> list[Path]:
-    """Write DATA_DIR in the PESO release format: `<NAME>.all.block_<t>.json` (+ `<NAME>.index.json`)."""
+    """Write DATA_DIR in the PESO release format: `<NAME>.all.block_<t>.json` (+ `<NAME>.index.json`).
+    Every user with an interaction in a block is listed there, so no interaction is lost; readers take the
+    users with fewer than 3 items in a block (the release lists none) as history only."""
     from peso.data.prepared import read_prepared
 
     out = Path(out_folder)
-    check_export(out, overwrite)
-    data = read_prepared(data_dir)
+    check_out(out, "release", overwrite, [Path(data_dir)])
+    data = read_prepared(data_dir, every_user=True)
     written = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="release") as tmp:
         for b in data.blocks:
             rec = {
                 u: {"previous_block": p, "current_block": c}

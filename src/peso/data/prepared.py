@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from peso.data.blocks import Block, BlockSet, select_blocks
-from peso.data.prepare import INDEX, INTERACTIONS, STATS
+from peso.data.prepare import INDEX, INTERACTIONS, ITEMS, STATS
 from peso.data.release import read_index_file
 from peso.errors import PesoError
 
@@ -54,8 +54,9 @@ def read_interactions(data_dir: str | Path) -> pl.DataFrame:
     return df.select([pl.col(c).cast(t) for c, t in _COLUMNS.items()])
 
 
-def _block(df: pl.DataFrame, t: int, source: str) -> Block:
-    users = df.filter((pl.col("block") == t) & pl.col("evaluated")).select("user").unique(maintain_order=True)
+def _block(df: pl.DataFrame, t: int, source: str, every_user: bool = False) -> Block:
+    rows = df.filter(pl.col("block") == t)
+    users = (rows if every_user else rows.filter("evaluated")).select("user").unique(maintain_order=True)
     mine = df.join(users, on="user", how="semi")
     cur = mine.filter(pl.col("block") == t).group_by("user", maintain_order=True).agg(pl.col("item"))
     prev = mine.filter(pl.col("block") < t).group_by("user").agg(pl.col("item").sort_by("_r").alias("prev"))
@@ -70,12 +71,20 @@ def _block(df: pl.DataFrame, t: int, source: str) -> Block:
     )
 
 
-def read_prepared(data_dir: str | Path, blocks: list[int] | None = None) -> BlockSet:
-    """Blocks (all evaluated ones, or `blocks`) and the index if the DATA_DIR has one (else an empty index)."""
+def read_prepared(
+    data_dir: str | Path, blocks: list[int] | None = None, every_user: bool = False
+) -> BlockSet:
+    """Blocks (all evaluated ones, or `blocks`) and the index if the DATA_DIR has one (else an empty index).
+    `every_user`: each block lists every user with an interaction in it, evaluated or not (an export keeps
+    every interaction)."""
     folder = Path(data_dir)
     if not folder.is_dir():
         raise PesoError(str(folder), "data folder not found", "set data.path to a DATA_DIR or release folder")
     stats = read_stats(folder)
+    if not (folder / ITEMS).is_file():  # every DATA_DIR has it; without it the folder is damaged
+        raise PesoError(
+            str(folder / ITEMS), "not found (item titles and descriptions)", "run `peso prepare` again"
+        )
     found = [int(t) for t in stats["blocks"]]
     numbers = select_blocks(found, blocks, folder)
     df = read_interactions(folder).with_row_index("_r")
@@ -92,7 +101,7 @@ def read_prepared(data_dir: str | Path, blocks: list[int] | None = None) -> Bloc
                 f"user {user}: item {item} is not in the index {INDEX} ({unknown['item'].n_unique()} such items)",
                 "re-tokenize the items",
             )
-    block_list = [_block(df, t, source) for t in numbers]
+    block_list = [_block(df, t, source, every_user) for t in numbers]
     for b in block_list:
         if not b.users:
             raise PesoError(source, f"block {b.number} has no evaluated user", "run `peso prepare` again")

@@ -554,6 +554,9 @@ def read_movielens(paths: list[Path], cols: Columns) -> RawData:
     return _combine(parts, items, paths, sources)
 
 
+RELEASE_MIN_ITEMS = 3  # the release lists a user in a block only with >= 3 items there
+
+
 def read_release_folder(paths: list[Path], cols: Columns) -> RawData:
     """A PESO release folder, blocks kept: rows per block in file order, `evaluated` for current_block items.
 
@@ -589,7 +592,8 @@ def read_release_folder(paths: list[Path], cols: Columns) -> RawData:
             users += [user] * n
             items += extra + cur
             blocks += [b.number - 1] * len(extra) + [b.number] * len(cur)
-            evaluated += [False] * len(extra) + [True] * len(cur)
+            # a user listed with fewer than 3 items (`peso export` keeps every interaction) is history only
+            evaluated += [False] * len(extra) + [len(cur) >= RELEASE_MIN_ITEMS] * len(cur)
             seen[user] = prev + cur
             last_block[user] = b.number
     df = pl.DataFrame(

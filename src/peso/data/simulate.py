@@ -45,7 +45,7 @@ import polars as pl
 
 from peso.data.prepare import INDEX, INTERACTIONS, ITEMS, STATS, block_stats
 from peso.errors import PesoError
-from peso.io import atomic_dir
+from peso.io import atomic_dir, check_out
 
 TOKENS = ("atomic", "latent", "none")
 MIN_ITEMS = 3  # a user is evaluated in a block with >= 3 items there, as `peso prepare`'s default
@@ -95,6 +95,12 @@ class SimParams:
         if self.blocks < 2:
             raise PesoError(
                 "--blocks", f"{self.blocks} blocks: a continual run needs a base block and one more", "e.g. 5"
+            )
+        if self.clusters > self.items:
+            raise PesoError(
+                "--clusters",
+                f"{self.clusters} genres for {self.items} items: every genre needs items",
+                f"use --clusters <= --items (e.g. --clusters {max(1, self.items // 10)}), or raise --items",
             )
         for flag, value in (
             ("--new-items-per-block", self.new_items_per_block),
@@ -291,24 +297,6 @@ def generate(p: SimParams) -> World:
     return World(df, items, users, trend_df)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """An empty or missing --out is fine; a non-empty one only with --overwrite, and only a DATA_DIR."""
-    if not out.exists():
-        return
-    if out.is_file():
-        raise PesoError("--out", f"{out} is a file", "choose a folder path for --out")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise PesoError(
-            "--out", f"{out} already exists and is not empty", "choose another --out, or pass --overwrite"
-        )
-    if not (out / STATS).is_file():
-        raise PesoError(
-            "--out", f"{out} is not a DATA_DIR (no stats.json): not replacing it", "choose another --out"
-        )
-
-
 def _stats(world: World, p: SimParams, name: str) -> dict:
     """stats.json as `peso prepare` writes it, plus the generator's parameters under "simulation"."""
     df = world.interactions
@@ -347,7 +335,7 @@ def simulate(
     p = params or SimParams()
     out = Path(out)
     p.check()
-    _check_out(out, overwrite)  # before the generation, which may take a while
+    check_out(out, "data", overwrite)  # before the generation, which may take a while
     world = generate(p)
     stats = _stats(world, p, name or out.name)
     missing = [t for t in range(p.blocks) if t not in stats["blocks"]]
@@ -361,7 +349,7 @@ def simulate(
     items = pl.DataFrame({"item": used}).with_columns(
         pl.lit(None, pl.String).alias("title"), pl.lit(None, pl.String).alias("description")
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="data") as tmp:
         world.interactions.write_parquet(tmp / INTERACTIONS)
         items.write_parquet(tmp / ITEMS)
         world.truth_items.write_parquet(tmp / "truth_items.parquet")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from peso.data.samples import BlockSamples
+from peso.progress import check_finite, note
 from peso.strategies.base import Catalogue, StandaloneMethod, register, top_groups
 
 INIT_STD = 0.01  # PISA's init_weights: every embedding N(0, 0.01)
@@ -182,16 +183,19 @@ class LightGCNFinetune(StandaloneMethod):
         opt = torch.optim.Adam(self.trainable(), lr=g.lr, weight_decay=g.l2)
         u_all, i_all = torch.as_tensor(users), torch.as_tensor(items)
         last = float("nan")
-        for _ in range(epochs):
+        where, fix = f"seed {self.seed} method {self.name} block {t}", f"lower graph.lr ({g.lr:g})"
+        for epoch in range(1, epochs + 1):
             self.before_epoch(t)
             losses = []
             for b in torch.randperm(len(u_all), generator=self.gen).split(g.batch_size):
                 loss = self.loss(t, u_all[b], i_all[b], self.negatives(t, len(b)))
+                check_finite(loss.item(), "the loss", where, epoch, len(losses) + 1, fix)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
             last = float(np.mean(losses)) if losses else last
+            note(f"{where} epoch {epoch}/{epochs}: train loss {last:.4f}")
         return last
 
     def trainable(self) -> list[nn.Parameter]:

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from peso.config import RunConfig
 from peso.data.samples import BlockSamples
+from peso.progress import bar, check_finite, note
 from peso.strategies.base import Catalogue, StandaloneMethod, register, top_groups
 
 
@@ -151,18 +151,16 @@ class _Sasrec(StandaloneMethod):
         for epoch in range(1, epochs + 1):
             model.train()
             perm = torch.randperm(len(y), generator=order)
-            bar = tqdm(
-                perm.split(st.batch_size),
-                desc=f"seed {self.seed} block {t} {self.name} epoch {epoch}/{epochs}",
-                leave=False,
-                mininterval=1.0,
-            )
-            for idx in bar:
+            where = f"seed {self.seed} method {self.name} block {t}"
+            for step, idx in enumerate(bar(perm.split(st.batch_size), f"{where} epoch {epoch}/{epochs}")):
                 loss = masked_ce(model(x[idx]), y[idx], unknown)
+                check_finite(loss.item(), "the loss", where, epoch, step + 1, f"lower sasrec.lr ({st.lr:g})")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
             v = self.loss(vx, vy, unknown)
+            check_finite(v, "the validation loss", where, epoch, step + 1, f"lower sasrec.lr ({st.lr:g})")
+            note(f"{where} epoch {epoch}/{epochs}: valid loss {v:.4f}")
             if v < best:
                 best, best_epoch, waited = v, epoch, 0
                 best_state = {k: p.detach().clone() for k, p in model.state_dict().items()}

@@ -27,8 +27,14 @@ from peso.data.prepare import INDEX, INTERACTIONS, ITEMS
 from peso.data.prepared import read_interactions
 from peso.data.release import read_index_file
 from peso.errors import PesoError
-from peso.io import atomic_file, write_text
-from peso.tokenize.quantize import codebook_usage, collision_rate, semantic_ids, tokens_of
+from peso.io import atomic_file, folder_kind, write_text
+from peso.tokenize.quantize import (
+    codebook_usage,
+    collision_rate,
+    most_common_prefix,
+    semantic_ids,
+    tokens_of,
+)
 
 METHODS = ("text", "collab", "atomic", "import")
 
@@ -65,34 +71,54 @@ def _texts(data_dir: Path, items: list[str]) -> list[str]:
 
 def _collab_embeddings(
     df: pl.DataFrame, items: list[str], first_block: np.ndarray, dim: int, seed: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
+    """Unit item vectors: SVD factors of the base block, then each later block folded in against them
+    (`Collaborative`). Only training interactions shape an ID: an evaluated user's last two items of a
+    block are its validation and test targets. Returns the vectors and how many later items had no
+    training interaction in their first block (they get a random direction: an ID that says nothing, but
+    not one shared with every other such item)."""
     from peso.tokenize.embed import Collaborative
 
     item_id = {it: k for k, it in enumerate(items)}
-    base = df.filter(pl.col("block") == int(first_block.min()))
-    users = base["user"].unique(maintain_order=True).to_list()
+    first = int(first_block.min())
+    df = df.with_columns(pl.int_range(pl.len()).reverse().over(["user", "block"]).alias("from_end"))
+    df = df.filter(~pl.col("evaluated") | (pl.col("from_end") >= 2))
+    users = df["user"].unique(maintain_order=True).to_list()
     user_id = {u: k for k, u in enumerate(users)}
-    bu = np.array([user_id[u] for u in base["user"].to_list()])
-    bi = np.array([item_id[i] for i in base["item"].to_list()])
-    model = Collaborative(bu, bi, len(users), len(items), dim, seed)
-    emb = np.zeros((len(items), model.item_factors.shape[1]))
-    is_base = first_block == first_block.min()
-    emb[is_base] = model.item_factors[is_base]
-    # later items: fold in from base users' training interactions (each user's last two items of a block are
-    # its validation and test targets, so they do not shape any item's ID)
-    later = (
-        df.filter(pl.col("block") > int(first_block.min()))
-        .with_columns(pl.int_range(pl.len()).reverse().over(["user", "block"]).alias("from_end"))
-        .filter((pl.col("from_end") >= 2) & pl.col("user").is_in(users))
-    )
-    if later.height:
-        lu = np.array([user_id[u] for u in later["user"].to_list()])
-        li = np.array([item_id[i] for i in later["item"].to_list()])
-        folded = model.fold_in(lu, li, len(items))
-        emb[~is_base] = folded[~is_base]
+    uid = np.array([user_id[u] for u in df["user"].to_list()], dtype=np.int64)
+    iid = np.array([item_id[i] for i in df["item"].to_list()], dtype=np.int64)
+    block = df["block"].to_numpy()
+    base = block == first
+    model = Collaborative(uid[base], iid[base], len(users), len(items), dim, seed)
+    vectors = np.zeros((len(items), model.item_factors.shape[1]))
+    has_item = first_block == first
+    vectors[has_item] = model.item_factors[has_item]
+    user_vec = np.zeros((len(users), vectors.shape[1]))
+    has_user = np.zeros(len(users), dtype=bool)
+    has_user[np.unique(uid[base])] = True
+    user_vec[has_user] = model.user_factors[has_user]
+    for b in sorted(set(first_block.tolist()) - {first}):
+        seen = block <= b
+        # users new since the base block: from every item they chose so far that has a vector
+        new_users = np.unique(uid[seen & ~has_user[uid]])
+        pick = seen & np.isin(uid, new_users) & has_item[iid]
+        if new_users.size and pick.any():
+            folded = model.fold_in_users(vectors, uid[pick], iid[pick], len(users))
+            chose = np.intersect1d(new_users, np.unique(uid[pick]))
+            user_vec[chose], has_user[chose] = folded[chose], True
+        # items new in block b: from the users who chose them in block b
+        pick = (block == b) & has_user[uid]
+        folded = Collaborative.fold_in_items(user_vec, uid[pick], iid[pick], len(items))
+        arriving = first_block == b
+        vectors[arriving] = folded[arriving]
+        has_item |= arriving
+    empty = np.linalg.norm(vectors, axis=1) < 1e-12
+    no_data = int((empty & (first_block != first)).sum())
+    rng = np.random.default_rng(seed)
+    vectors[empty] = rng.standard_normal((int(empty.sum()), vectors.shape[1]))
     # unit length, as text embeddings: rarely chosen items have tiny factors and would all share the code
     # nearest the origin; direction is what says which items are alike
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), no_data
 
 
 def tokenize(
@@ -116,8 +142,10 @@ def tokenize(
         raise PesoError(
             "--levels/--codes", f"levels={levels}, codes={codes}", "use levels >= 1 and codes >= 2"
         )
-    if not (data_dir / INTERACTIONS).is_file():
-        raise PesoError(str(data_dir), f"no {INTERACTIONS}: not a DATA_DIR", "run `peso prepare` first")
+    if not (data_dir / INTERACTIONS).is_file() or folder_kind(data_dir) != "data":
+        raise PesoError(
+            str(data_dir), f"not a DATA_DIR (no {INTERACTIONS} and stats.json)", "run `peso prepare` first"
+        )
     start = time.perf_counter()
     df = read_interactions(data_dir)
     order = arrival_order(df)
@@ -145,7 +173,9 @@ def tokenize(
         if method == "text":
             emb = np.asarray(_embed_text(_texts(data_dir, items), encoder), dtype=np.float64)
         else:
-            emb = _collab_embeddings(df, items, first_block, dim, seed)
+            emb, report["later_items_without_training_interactions"] = _collab_embeddings(
+                df, items, first_block, dim, seed
+            )
         full, rq = semantic_ids(emb, first_block, levels, codes, seed, quantizer)
         books = (
             rq.state_dict() if quantizer == "rqvae" else {f"level_{k}": b for k, b in enumerate(rq.codebooks)}
@@ -160,6 +190,11 @@ def tokenize(
                 "embedding_dim": int(emb.shape[1]),
                 "collision_rate_before_dedup": collision_rate(prefixes),
                 "collision_rate_before_dedup_base": collision_rate(prefixes[is_base]),
+                "collision_rate_before_dedup_later": collision_rate(prefixes[~is_base]),
+                "largest_prefix_share": {  # how many items share the most common prefix
+                    "base": most_common_prefix(prefixes[is_base]),
+                    "later": most_common_prefix(prefixes[~is_base]),
+                },
                 "codebook_usage": codebook_usage(prefixes, [len(b) for b in rq.codebooks]),
                 "dedup_codes_used": int(full[:, -1].max()) + 1,
             }

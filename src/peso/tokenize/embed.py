@@ -31,7 +31,8 @@ def text_embeddings(
     """L2-normalised embeddings of `texts`: sentence-transformers folders as they are, any other HF encoder
     (e.g. a Llama checkpoint, as the paper did) mean-pooled over its last hidden states."""
     import torch
-    from tqdm.auto import tqdm
+
+    from peso.progress import bar, interactive
 
     path = Path(model_path) if model_path else default_text_model()
     if not (path / "config.json").is_file():
@@ -42,7 +43,9 @@ def text_embeddings(
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(path), device="cpu")
-        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=True)
+        return model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=interactive()
+        )
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -51,7 +54,7 @@ def text_embeddings(
     model = AutoModel.from_pretrained(path).eval()
     out = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc="embed items"):
+        for start in bar(range(0, len(texts), batch_size), "embed items"):
             batch = tok(
                 texts[start : start + batch_size],
                 padding=True,
@@ -69,8 +72,10 @@ def text_embeddings(
 class Collaborative:
     """Item factors from a truncated SVD of the base block's user x item matrix (rows L2-normalised).
 
-    Items first seen later are folded in: v = x^T U S^-1/2 over the base-block users who chose them, so the
-    fitted factors never change. An item no base-block user chose gets the zero vector.
+    Later blocks are folded in against these frozen factors, one block at a time: a user the SVD has not met
+    gets u = x_u F S^-2 from the items they chose that already have factors (F = V S^1/2, so for a fitted
+    user this is U S^-1/2 again), and an item new in the block gets v = x^T (U S^-1/2) from the users who
+    chose it there. Nothing fitted or folded earlier ever changes.
     """
 
     def __init__(
@@ -79,13 +84,28 @@ class Collaborative:
         x = _matrix(users, items, n_users, n_items)
         k = max(1, min(dim, min(x.shape) - 1))
         u, s, vt = randomized_svd(x, k, random_state=seed)
+        self.singular_values = s
         self.user_factors = u / np.sqrt(s)  # so that x^T (U S^-1/2) = V S^1/2 for the fitted items
         self.item_factors = vt.T * np.sqrt(s)
 
     def fold_in(self, users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-        """Embeddings of items 0..n_items-1 from (base-block user, item) pairs seen after the base block."""
-        x = _matrix(users, items, self.user_factors.shape[0], n_items)
-        return np.asarray(x.T @ self.user_factors)
+        """Embeddings of items 0..n_items-1 from (fitted user, item) pairs."""
+        return self.fold_in_items(self.user_factors, users, items, n_items)
+
+    @staticmethod
+    def fold_in_items(
+        user_factors: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int
+    ) -> np.ndarray:
+        """v = x^T (U S^-1/2) for items 0..n_items-1, from (user, item) pairs of users with factors."""
+        x = _matrix(users, items, user_factors.shape[0], n_items)
+        return np.asarray(x.T @ user_factors)
+
+    def fold_in_users(
+        self, item_vectors: np.ndarray, users: np.ndarray, items: np.ndarray, n_users: int
+    ) -> np.ndarray:
+        """u = x_u F S^-2 for users 0..n_users-1, from (user, item) pairs of items with vectors."""
+        x = _matrix(users, items, n_users, item_vectors.shape[0])
+        return np.asarray(x @ item_vectors) / self.singular_values**2
 
 
 def _matrix(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:

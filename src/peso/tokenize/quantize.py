@@ -76,6 +76,14 @@ def collision_rate(prefixes: np.ndarray) -> float:
     return float((counts[inverse.reshape(-1)] > 1).mean())
 
 
+def most_common_prefix(prefixes: np.ndarray) -> dict:
+    """How many items carry the most common prefix, and their share of the items."""
+    if len(prefixes) == 0:
+        return {"items": 0, "share": 0.0}
+    _, counts = np.unique(prefixes, axis=0, return_counts=True)
+    return {"items": int(counts.max()), "share": round(float(counts.max() / len(prefixes)), 4)}
+
+
 def codebook_usage(codes: np.ndarray, sizes: list[int]) -> list[float]:
     """Per level, the share of its codes that some item uses."""
     return [len(np.unique(codes[:, level])) / size for level, size in enumerate(sizes)]

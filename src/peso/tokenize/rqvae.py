@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from peso.progress import bar
 from peso.tokenize.quantize import ResidualKMeans
 
 
@@ -84,7 +84,7 @@ class RQVAE(nn.Module):
         opt = torch.optim.AdamW(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
         model.history = []
-        for _ in tqdm(range(epochs), desc="RQ-VAE", leave=False):
+        for _ in bar(range(epochs), "RQ-VAE"):
             perm = torch.randperm(len(data), generator=gen)
             total = 0.0
             for start in range(0, len(data), batch_size):

@@ -1,0 +1,87 @@
+"""A diverged training is never a result: it stops the run with one line naming where (seed, method, block,
+epoch, step, value) and the fix, exit code 2, and records nothing of that unit; an --overwrite that
+diverges before its first unit puts the earlier run back, byte for byte."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import yaml
+
+from peso.cli import main
+from tests.test_bad_input import tree
+from tests.test_cli_errors import write_data
+
+BASE = {
+    "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+    # several steps per epoch and no warmup step at rate 0, so that the rate is felt at once
+    "train": {"epochs": 2, "batch_size": 2, "warmup_steps": 0, "grad_clip": None},
+    "decode": {"beam": 10, "top_k": 10},
+    "methods": ["popular", "single"],
+}
+
+
+def _config(tmp_path, **train) -> str:
+    data = write_data(tmp_path / "data")
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        yaml.safe_dump({**BASE, "data": {"path": str(data)}, "train": {**BASE["train"], **train}})
+    )
+    return str(path)
+
+
+def _error(capsys) -> str:
+    lines = capsys.readouterr().err.splitlines()
+    errors = [ln for ln in lines if ln.startswith("peso: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(lines), lines
+    return errors[0]
+
+
+def test_a_continual_block_that_diverges_stops_the_run_and_records_nothing_of_its_unit(tmp_path, capsys):
+    # block 0 trains at a sane rate; the continual blocks at 1e30 x that: the loss goes to inf / NaN
+    config = _config(tmp_path, lr=1e-3, continual_lr_scale=1e30)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["run", "--config", config, "--out", str(out)]) == 2
+    line = _error(capsys)
+    assert re.search(r"seed 0 method single block 1: training diverged at epoch 1, step \d+: ", line), line
+    assert re.search(r"is (nan|inf|-inf)", line) and "lower train.lr" in line, line
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["completed"] == ["seed_0/popular", "seed_0/block_0"] and not progress["finished"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    # block 0 is recorded once per method that shares it; nothing of single's blocks 1..
+    assert {(r["method"], r["block"]) for r in rows} == {("popular", "0"), ("popular", "1"), ("single", "0")}
+    log = list(csv.DictReader((out / "training.csv").open()))
+    assert {r["block"] for r in log} == {"0"}
+    assert all(v not in ("nan", "inf") for r in log for v in r.values())
+    assert not (out / "seed_0" / "single").exists()
+    text = (out / "results.md").read_text()
+    assert text.splitlines()[2].startswith("- incomplete: 2 of 3 units"), text[:300]
+
+
+def test_a_diverging_overwrite_puts_the_earlier_run_back_exactly(tmp_path, capsys):
+    config = _config(tmp_path, lr=1e-3)
+    out = tmp_path / "run"
+    assert main(["run", "--config", config, "--out", str(out)]) == 0
+    before = tree(tmp_path)
+    diverging = _config(tmp_path / "b", lr=1e30)  # block 0 diverges: no unit of the new run completes
+    capsys.readouterr()
+    # popular is listed first and would complete: drop it so that the failure comes before any unit
+    assert (
+        main(["run", "--config", diverging, "--out", str(out), "--overwrite", "--set", "methods=[single]"])
+        == 2
+    )
+    assert "method block0 block 0: training diverged" in _error(capsys)
+    after = tree(tmp_path)
+    assert {k: v for k, v in after.items() if k.split("/")[0] != "b"} == before
+
+
+def test_non_finite_settings_are_refused(tmp_path, capsys):
+    config = _config(tmp_path)
+    for key in ("train.lr=.inf", "train.lr=.nan", "train.temperature=.inf", "peso.lam=.nan"):
+        capsys.readouterr()
+        assert main(["run", "--config", config, "--out", str(tmp_path / "x"), "--set", key]) == 2
+        assert key.split("=")[0] in _error(capsys)
+    assert not (tmp_path / "x").exists()
