@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from peso.config import load_config
-from peso.decode import brute_force_scores, recommend
+from peso.dataset import prepare
+from peso.decode import brute_force_scores, generate_reference, prefix_table, recommend
+from peso.inputs import encode
 from peso.io import write_text
 from peso.metrics import summarize
 from peso.model import attach_lora, load_backbone, merged
 from peso.pack import pack
-from peso.runner import prepare
-from peso.train import encode, packed_loss, plan_batches
+from peso.train import packed_loss, plan_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,54 +47,6 @@ class Timed:
         out = self.model(**kwargs)
         self.seconds += time.perf_counter() - t
         return out
-
-
-def prefix_table(trie_codes: np.ndarray, offsets: list[int]) -> dict[tuple[int, ...], list[int]]:
-    """prefix (token ids) -> allowed next token ids: the dict trie a `prefix_allowed_tokens_fn` looks up."""
-    table: dict[tuple[int, ...], set[int]] = {}
-    for row in trie_codes:
-        toks = [off + int(c) for off, c in zip(offsets, row, strict=True)]
-        for d in range(len(toks)):
-            table.setdefault(tuple(toks[:d]), set()).add(toks[d])
-    return {k: sorted(v) for k, v in table.items()}
-
-
-def generate_top(model, prompts, space, trie, table, beam: int, top_k: int, batch_size: int) -> np.ndarray:
-    """Top-k semantic-ID groups through `generate`, batched and ordered exactly as `recommend` does."""
-    from peso.train import left_pad
-
-    out = np.full((len(prompts), top_k), -1, dtype=np.int64)
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    offsets = torch.tensor(space.level_offsets)
-    for start in range(0, len(prompts), batch_size):
-        rows = order[start : start + batch_size]
-        ids, mask = left_pad([prompts[r] for r in rows], space.pad_id)
-        width = ids.shape[1]
-
-        def allowed(_batch_id: int, seq: torch.Tensor, width: int = width) -> list[int]:
-            return table.get(tuple(seq[width:].tolist()), [])
-
-        with torch.no_grad(), merged(model):  # the weights `recommend` decodes with
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                num_beams=beam,
-                num_return_sequences=top_k,
-                max_new_tokens=trie.levels,
-                min_new_tokens=trie.levels,
-                prefix_allowed_tokens_fn=allowed,
-                do_sample=False,
-                length_penalty=0.0,
-                early_stopping=True,
-                pad_token_id=space.pad_id,
-                eos_token_id=space.eos_id,
-            )
-        codes = gen[:, width:] - offsets  # (rows * top_k, levels)
-        node = torch.zeros(len(codes), dtype=torch.long)
-        for d in range(trie.levels):
-            node = trie.step(d, node, codes[:, d])
-        out[rows] = node.view(len(rows), top_k).numpy()
-    return out
 
 
 def quick_train(model, samples, space, cfg, steps: int) -> None:
@@ -139,7 +92,7 @@ def main() -> None:
     users = np.random.default_rng(0).permutation(len(enc))[: args.users]
     prompts = [enc.prompts[u] for u in users]
     known = trie.child_val[-1].numpy()
-    table = prefix_table(prep.index.sid_codes[known], space.level_offsets)
+    table = prefix_table(trie.codes, space)
     k = cfg.decode.top_k
     result: dict = {"config": args.config, "block": args.block, "users": len(prompts), "top_k": k}
     result |= {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "torch": torch.__version__}
@@ -150,7 +103,8 @@ def main() -> None:
             ours = recommend(model, prompts, space, trie, beam, k, bs)
             t_ours = time.perf_counter() - t
             t = time.perf_counter()
-            theirs = generate_top(model, prompts, space, trie, table, beam, k, bs)
+            with merged(model):  # the weights `recommend` decodes with
+                theirs = generate_reference(model, prompts, space, trie, beam, k, bs, table)
             t_hf = time.perf_counter() - t
             same = int((ours == theirs).all(axis=1).sum())
             # A user whose lists differ in float32 is retried in float64: a near-tie at the beam boundary
@@ -162,7 +116,8 @@ def main() -> None:
                 model.double()
                 sub = [prompts[u] for u in differ]
                 a = recommend(model, sub, space, trie, beam, k, bs)
-                b = generate_top(model, sub, space, trie, table, beam, k, bs)
+                with merged(model):
+                    b = generate_reference(model, sub, space, trie, beam, k, bs, table)
                 same64 = int((a == b).all(axis=1).sum())
                 model.float()
             run = {

@@ -8,14 +8,15 @@ writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
 
+from peso.runfolder import RESULTS, read_csv
+
 
 def summarize(run_dir: Path) -> dict:
-    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    rows = read_csv(run_dir / RESULTS)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     per = defaultdict(dict)
     speed = defaultdict(list)

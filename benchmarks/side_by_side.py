@@ -14,7 +14,6 @@ otherwise idle machine); the other columns use every seed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -24,22 +23,23 @@ from combine_runs import combine
 from peso.compare import compare_methods
 from peso.io import write_text
 from peso.report import continual_means
+from peso.runfolder import TRAINING, read_csv
 
 
 def penalty_shares(runs: list[Path], seeds: list[int] | None = None) -> dict[str, float]:
     """method -> mean share of the extra term in the training loss over its continual epochs (training.csv's
     `proximal_share`), a (method, seed) taken from the first run that has it, as `combine` does."""
-    seen: dict[tuple[str, str], list[float]] = {}
+    seen: dict[tuple[str, int], list[float]] = {}
     for run in runs:
-        path = run / "training.csv"
+        path = run / TRAINING
         if not path.is_file():
             continue
-        mine: dict[tuple[str, str], list[float]] = {}
-        for r in csv.DictReader(path.open()):
-            if seeds is not None and int(r["seed"]) not in seeds:
+        mine: dict[tuple[str, int], list[float]] = {}
+        for r in read_csv(path):
+            if seeds is not None and r["seed"] not in seeds:
                 continue
-            if int(r["block"]) >= 1 and float(r["proximal"]) > 0:
-                mine.setdefault((r["method"], r["seed"]), []).append(float(r["proximal_share"]))
+            if r["block"] >= 1 and r["proximal"] > 0:
+                mine.setdefault((r["method"], r["seed"]), []).append(r["proximal_share"])
         for key, shares in mine.items():
             seen.setdefault(key, shares)
     by_method: dict[str, list[float]] = {}

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from peso.config import RunConfig
+from peso.dataset import prepare
 from peso.hub import resolve
 from peso.io import write_text
 from peso.model import attach_lora, load_backbone
 from peso.pack import pack
-from peso.runner import prepare
 from peso.train import packed_loss, plan_batches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from peso.config import load_config
+from peso.dataset import prepare
 from peso.io import write_text
 from peso.model import attach_lora, load_backbone
 from peso.pack import IGNORE, Packed, pack
-from peso.runner import prepare
 from peso.train import packed_loss, plan_batches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -135,7 +135,25 @@ CASES = [
         ["--set", "train.lr", "finite"],
     ),
     ("run-lr-nan", lambda w: run(w, "--out", "r", "--set", "train.lr=.nan"), 2, ["--set", "train.lr"]),
-    ("run-lam-inf", lambda w: run(w, "--out", "r", "--set", "peso.lam=.inf"), 2, ["--set", "peso.lam"]),
+    (
+        "run-lam-inf",
+        lambda w: run(w, "--out", "r", "--set", "methods=[{name: peso, lam: .inf}]"),
+        2,
+        ["--set", "methods[0] (peso): 'lam'", "finite"],
+    ),
+    (
+        "run-old-peso-section",
+        lambda w: run(w, "--out", "r", "--set", "peso.lam=3"),
+        2,
+        ["--set", "'peso:' section is gone", "{name: peso, lam: 1000.0}"],
+    ),
+    (
+        "run-misspelled-method-setting",
+        lambda w: run(w, "--out", "r", "--set", "methods=[single, {name: ewc, lamda: 3}]"),
+        2,
+        ["methods[1] (ewc): 'lamda': unknown setting", "lam, targets"],
+    ),
+    ("run-top-k-below-10", lambda w: run(w, "--out", "r", "--set", "decode.top_k=5"), 2, ["decode.top_k"]),
     ("run-unknown-section", lambda w: run(w, "--out", "r", "--set", "foo.bar=1"), 2, ["--set", "foo"]),
     ("run-beam-below-k", lambda w: run(w, "--out", "r", "--set", "decode.beam=5"), 2, ["--set", "beam"]),
     # data

@@ -91,7 +91,9 @@ def test_results_md_shows_per_block_mean_and_std_over_seeds_and_storage():
         for b in (0, 1, 2)
     ]
     text = markdown(rows, {})
-    # block 2: hit@10 over seeds 0.02 and 0.12 -> 0.07 ± 0.05; ndcg@10 0.02 and 0.04 -> 0.03 ± 0.01
-    assert "| peso | 0.0500 ± 0.0500 / 0.0300 ± 0.0100 | 0.0600 ± 0.0500 / 0.0300 ± 0.0100 |" in text
+    # block 2: hit@10 over seeds 0.02 and 0.12 -> 0.07 ± 0.0707 (the sample standard deviation, ddof=1:
+    # sqrt(2 * 0.05^2 / (2 - 1))); ndcg@10 0.02 and 0.04 -> 0.03 ± 0.0141
+    assert "| peso | 0.0500 ± 0.0707 / 0.0300 ± 0.0141 | 0.0600 ± 0.0707 / 0.0300 ± 0.0141 |" in text
+    assert "sample standard deviation over seeds (ddof=1)" in text
     # training time of the continual blocks: (10 + 20 + 11 + 21) / 4 = 15.5 s; block 0 (0 and 1 s) left out
-    assert "0.0700 ± 0.0500 / 0.0300 ± 0.0100 | 2,000 | 15.5 |" in text
+    assert "0.0700 ± 0.0707 / 0.0300 ± 0.0141 | 2,000 | 15.5 |" in text

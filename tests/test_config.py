@@ -23,10 +23,13 @@ train:
   epochs: 2
   batch_size: 8
 decode: {{beam: 20, top_k: 10}}
-peso: {{lam: 2.0}}
-methods: [peso, single]
+methods: [{{name: peso, lam: 2.0}}, single]
 seeds: [0, 1]
 """
+
+
+def names(cfg: RunConfig) -> list[str]:
+    return [m.key for m in cfg.methods]
 
 
 @pytest.fixture
@@ -64,8 +67,7 @@ def test_valid_yaml_is_read(tmp_path, data_dir):
     assert cfg.train.lr == pytest.approx(1e-3)
     assert cfg.train.epochs == 2
     assert cfg.decode.beam == 20
-    assert cfg.peso.lam == 2.0
-    assert cfg.methods == ["peso", "single"]
+    assert [m.name for m in cfg.methods] == ["peso", "single"] and cfg.methods[0].lam == 2.0
     assert cfg.seeds == [0, 1]
     # unset fields take their defaults
     assert cfg.train.temperature == 0.8
@@ -81,7 +83,8 @@ def test_dump_round_trips(tmp_path, data_dir):
 
 def test_defaults_from_a_minimal_config(tmp_path, data_dir):
     cfg = load_config(minimal(tmp_path, data_dir))
-    assert cfg.methods == ["peso", "single", "frozen", "popular"]
+    assert names(cfg) == ["peso", "single", "frozen", "popular"]
+    assert cfg.threads == "auto"
     assert cfg.data.history == 20
     assert cfg.data.min_items == 3
     assert cfg.decode.top_k == 10
@@ -102,7 +105,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path, data_dir):
     )
     assert isinstance(cfg.train.lr, float)
     assert cfg.train.lr == pytest.approx(1e-3)
-    assert cfg.methods == ["peso", "single"]
+    assert names(cfg) == ["peso", "single"]
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.data.max_users is None
     assert cfg.model.tiny.hidden == 64
@@ -112,11 +115,11 @@ def test_overrides_are_parsed_as_yaml(tmp_path, data_dir):
 
 def test_override_replaces_the_yaml_value(tmp_path, data_dir):
     path = write(tmp_path / "cfg.yaml", VALID.format(data=data_dir))
-    cfg = load_config(path, ["train.epochs=7", "model.tiny.heads=4", "peso.lam=0.5"])
+    cfg = load_config(path, ["train.epochs=7", "model.tiny.heads=4", "methods=[{name: peso, lam: 0.5}]"])
     assert cfg.train.epochs == 7
     assert cfg.model.tiny.heads == 4
     assert cfg.model.tiny.hidden == 16  # sibling keys are kept
-    assert cfg.peso.lam == 0.5
+    assert cfg.methods[0].lam == 0.5
     assert cfg.train.lr == pytest.approx(1e-3)
 
 
@@ -153,6 +156,7 @@ def test_unknown_section(tmp_path, data_dir):
         ("train.lr=fast", "train.lr"),
         ("model.dtype=float16", "model.dtype"),
         ("threads=0", "threads"),
+        ("decode.top_k=5", "decode.top_k"),
     ],
 )
 def test_out_of_range_values(tmp_path, data_dir, override, field):

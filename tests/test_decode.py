@@ -67,3 +67,46 @@ def test_merged_and_unmerged_decoding_rank_alike(tiny_lora):
     a = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, merge=True)
     b = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, merge=False)
     assert np.array_equal(a, b)
+
+
+def _prompted(local_checkpoint):
+    """The stand-in LLM (untied head, instruction prompt, response ending in EOS) with a random adapter."""
+    from peso.settings import ModelConfig
+    from tests.conftest import adapted, small_index
+
+    cfg = ModelConfig.model_validate(
+        {"name": str(local_checkpoint), "lora": {"target_modules": ["q_proj", "v_proj"]}}
+    )
+    torch.manual_seed(0)
+    model, space, index = adapted(cfg, small_index())
+    with torch.no_grad():  # item rows of the untied head spread out: p(EOS | ID) differs between IDs
+        for n, p in model.named_parameters():
+            if "trainable_tokens" in n:
+                p.normal_(0, 0.5)
+    return model, space, index
+
+
+def test_prompted_beam_scores_include_the_end_of_the_response(local_checkpoint):
+    model, space, index = _prompted(local_checkpoint)
+    assert space.append_eos
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(4)
+    prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 6)))) for _ in range(5)]
+    sids, scores = beam_search_batch(model, prompts, space, trie, beam=index.n_sids, top_k=10)
+    for r, prompt in enumerate(prompts):
+        exact = brute_force_scores(model, prompt, space, index.sid_codes)  # log p(ID) + log p(EOS | ID)
+        best = torch.topk(exact, 10)
+        assert sids[r].tolist() == best.indices.tolist()
+        assert torch.allclose(scores[r], best.values, atol=1e-4)
+
+
+def test_prompted_top10_equals_generate_with_prefix_allowed_tokens(local_checkpoint):
+    from peso.decode import generate_reference
+
+    model, space, index = _prompted(local_checkpoint)
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(5)
+    prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 6)))) for _ in range(12)]
+    ours = recommend(model, prompts, space, trie, beam=16, top_k=10, batch_size=4, merge=False)
+    theirs = generate_reference(model, prompts, space, trie, beam=16, top_k=10, batch_size=4)
+    assert np.array_equal(ours, theirs)

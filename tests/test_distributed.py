@@ -33,8 +33,7 @@ CONFIG = {
     },
     "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "warmup_steps": 0, "continual_lr_scale": 1.0},
     "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
-    "peso": {"lam": 100.0},
-    "methods": ["peso", "frozen", "popular"],
+    "methods": [{"name": "peso", "lam": 100.0}, "frozen", "popular"],
     "seeds": [0],
     "threads": 1,
 }
@@ -68,8 +67,8 @@ def test_two_processes_ran(runs):
 
 def test_same_block0_weights(runs):
     one, two = runs
-    a = load_file(str(one / "resume" / "seed_0" / "block_0" / "block0.safetensors"))
-    b = load_file(str(two / "resume" / "seed_0" / "block_0" / "block0.safetensors"))
+    a = load_file(str(one / "resume" / "seed_0" / "block_0" / "state.safetensors"))
+    b = load_file(str(two / "resume" / "seed_0" / "block_0" / "state.safetensors"))
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 

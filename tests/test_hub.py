@@ -17,9 +17,9 @@ import yaml
 from peso import hub
 from peso.cli import main
 from peso.config import ModelConfig, RunConfig
+from peso.dataset import prepare
 from peso.errors import PesoError
 from peso.model import PROMPT, _is_tied, attach_lora, load_backbone
-from peso.runner import prepare
 from tests.conftest import CDS, small_index
 
 

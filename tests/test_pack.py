@@ -12,8 +12,9 @@ from transformers import AutoConfig, LlamaForCausalLM
 
 from peso.config import ModelConfig
 from peso.data.samples import BlockSamples
+from peso.inputs import encode
 from peso.pack import IGNORE, pack
-from peso.train import encode, packed_loss, plan_batches
+from peso.train import packed_loss, plan_batches
 from tests.conftest import adapted, small_index
 
 HISTORY = 3

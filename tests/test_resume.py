@@ -24,16 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # sumlora-all draws from the global RNG before its first training step (PEFT re-initialises its adapter),
 # so it only matches when the RNG state the previous unit ended with is restored.
 CONFIG = {
-    "data": {"path": str(QUICKSTART), "max_users": 16, "history": 8, "blocks": [0, 1, 2]},
+    "data": {"path": str(QUICKSTART), "max_users": 16, "history": 8, "blocks": [0, 1, 2, 3]},
     "model": {
         "name": "tiny",
         "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
         "lora": {"r": 4, "alpha": 8},
     },
-    "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 64, "lr": 1e-2},
+    "train": {"epochs": 2, "continual_epochs": 2, "batch_size": 64, "lr": 1e-2},
     "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
-    "peso": {"lam": 100.0},
-    "methods": ["peso", "sumlora-all", "single", "frozen", "popular"],
+    "methods": [{"name": "peso", "lam": 100.0}, "sumlora-all", "single", "frozen", "popular"],
     "seeds": [0, 1],
     "threads": 1,
 }
@@ -90,18 +89,20 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_killed_run_resumes_to_the_same_results(reference, tmp_path, capsys):
+def test_a_run_killed_in_a_middle_block_resumes_there_to_the_same_results(reference, tmp_path, capsys):
     cfg, ref = reference
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "peso.cli", "run", "--config", str(cfg), "--out", str(out)]
     log = tmp_path / "killed.log"
+    # sumlora-all's block 2 of 1..3, in its second epoch: its block 1 is saved, block 2 is not
+    middle = "seed 0 method sumlora-all block 2 epoch 1/2"
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
-        # once seed 0's first method is saved, the second (sumlora-all) is running: kill it there. No clock:
-        # the loop ends when that progress shows or the process ends (a failure), however loaded the machine
-        while "seed_0/peso" not in _progress(out)["completed"]:
+        # no clock: the loop ends when that line shows or the process ends (a failure), however loaded
+        # the machine
+        while middle not in log.read_text():
             assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-2000:]}"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
@@ -109,26 +110,42 @@ def test_killed_run_resumes_to_the_same_results(reference, tmp_path, capsys):
         proc.kill()  # a no-op after the SIGKILL; on a failed assertion it must not outlive the test
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = _progress(out)
-    assert not done["finished"] and "seed_1/block_0" not in done["completed"]  # killed in a later unit
-    block0 = out / "resume" / "seed_0" / "block_0" / "unit.json"
-    before = block0.stat().st_mtime_ns
+    done = _progress(out)["completed"]
+    assert "seed_0/sumlora-all/block_1" in done and "seed_0/sumlora-all/block_2" not in done, done
+    saved = {u: (out / "resume" / u / "unit.json").stat().st_mtime_ns for u in done}
 
     capsys.readouterr()
     # --config equal to the saved one is accepted
     assert main(["run", "--resume", str(out), "--config", str(cfg)]) == 0
-    assert "done before" in capsys.readouterr().err
-    assert block0.stat().st_mtime_ns == before  # block 0 was restored, not trained again
+    err = capsys.readouterr().err
+    assert "seed_0/sumlora-all/block_1: done before" in err
+    trained = [ln.split(" epoch ")[0] for ln in err.splitlines() if " epoch " in ln]
+    assert trained[0] == "seed 0 method sumlora-all block 2"  # it starts where it was killed
+    assert (
+        "seed 0 method sumlora-all block 1" not in trained and "seed 0 method block0 block 0" not in trained
+    )
+    assert all((out / "resume" / u / "unit.json").stat().st_mtime_ns == t for u, t in saved.items())
     assert _progress(out)["finished"] and not list(out.rglob(".*.tmp"))  # killed writers' leftovers gone
-    assert json.loads((out / "manifest.json").read_text())["resumed"][0]["completed_units"] >= 3
+    assert json.loads((out / "manifest.json").read_text())["resumed"][0]["completed_units"] == len(done)
 
     assert _results(out) == _results(ref)  # every metric column, in the same row order
     assert _recommendations(out) == _recommendations(ref) and len(_recommendations(ref)) == 2 * (
-        3 + 1 + 4 * 2
+        4 + 1 + 4 * 3
     )
     assert _report(out) == _report(ref)  # tables and per-user bootstrap intervals
     assert (out / "training.csv").read_text() == (ref / "training.csv").read_text()
     assert any(line.startswith("| sumlora-all | ") and "[" in line for line in _report(ref))
+    # a method's latest block state is kept (what a resume or a deployment continues from), no other
+    for run in (ref, out):
+        states = sorted(
+            str(p.parent.relative_to(run / "resume")) for p in run.glob("resume/**/state.safetensors")
+        )
+        methods = ["peso", "sumlora-all", "single", "frozen"]
+        assert states == sorted(
+            [f"seed_{s}/block_0" for s in (0, 1)]
+            + [f"seed_{s}/{m}/block_3" for s in (0, 1) for m in methods]
+            + [f"seed_{s}/popular/block_3" for s in (0, 1)]
+        )
 
 
 def test_resuming_a_finished_run_only_rewrites_the_reports(reference):
@@ -183,12 +200,12 @@ def test_a_damaged_unit_is_refused_in_one_line(reference, tmp_path, capsys):
     _, ref = reference
     out = tmp_path / "damaged"
     shutil.copytree(ref, out)
-    (out / "resume" / "seed_0" / "peso" / "per_user.safetensors").write_bytes(b"not a safetensors file")
+    (out / "resume" / "seed_0" / "peso" / "block_1" / "per_user.safetensors").write_bytes(b"not safetensors")
     before = _snapshot(out)
     capsys.readouterr()
     assert main(["run", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and f"{out / 'resume' / 'seed_0' / 'peso'}: " in err, err
+    assert len(err.splitlines()) == 1 and f"{out / 'resume' / 'seed_0' / 'peso' / 'block_1'}: " in err, err
     assert "unreadable (SafetensorError)" in err and "--overwrite" in err
     assert _snapshot(out) == before  # checked before anything was written
 
@@ -208,9 +225,9 @@ def test_a_run_resumes_and_reruns_from_another_working_folder(tmp_path, monkeypa
     run = start / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["path"] == str(start / "toy")
-    # as if killed before its last unit was listed: that unit runs again
+    # as if killed before its last unit (single, block 1) was listed: that unit runs again
     progress = json.loads((run / "progress.json").read_text())
-    assert progress["completed"][-1] == "seed_0/single"
+    assert progress["completed"][-1] == "seed_0/single/block_1"
     progress["completed"], progress["finished"] = progress["completed"][:-1], False
     (run / "progress.json").write_text(json.dumps(progress))
     reference = _results(run)

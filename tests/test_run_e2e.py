@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM
 
 from peso.cli import main
 from peso.config import load_config
+from peso.dataset import prepare
 from peso.decode import recommend
+from peso.inputs import encode
 from peso.model import load_backbone
-from peso.runner import prepare
-from peso.train import encode
 from tests.conftest import CDS
 
 
@@ -32,9 +32,15 @@ def small_run(tmp_path_factory):
         },
         "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 16, "lr": 3e-3},
         "decode": {"beam": 12, "top_k": 10, "batch_size": 8},
-        "peso": {"lam": 100.0, "sweep": [0.0]},
         # retrain first: the methods after it must still start from the block-0 model
-        "methods": ["retrain", "peso", "single", "frozen", "popular"],
+        "methods": [
+            "retrain",
+            {"name": "peso", "lam": 100.0},
+            "single",
+            "frozen",
+            "popular",
+            {"name": "peso", "lam": 0.0, "label": "peso[lam=0]"},
+        ],
         "seeds": [0],
     }
     path = root / "cfg.yaml"
@@ -72,7 +78,7 @@ def test_run_folder_has_every_output(small_run):
     assert "peso " in share and "single" not in share and "peso[lam=0]" not in share  # terms that exist
     assert "paired bootstrap 95% interval" in text and "| peso[lam=0] | +0.0000 [+0.0000, +0.0000] |" in text
     resolved = load_config(out / "config.yaml")
-    assert resolved.data.max_users == 24 and resolved.peso.lam == 100.0
+    assert resolved.data.max_users == 24 and resolved.methods[1].lam == 100.0
     log = list(csv.DictReader((out / "training.csv").open()))
     peso_b1 = [r for r in log if r["method"] == "peso" and r["block"] == "1"]
     assert peso_b1 and float(peso_b1[0]["proximal"]) > 0  # the term is logged beside the cross-entropy

@@ -49,7 +49,8 @@ def test_a_continual_block_that_diverges_stops_the_run_and_records_nothing_of_it
     assert re.search(r"seed 0 method single block 1: training diverged at epoch 1, step \d+: ", line), line
     assert re.search(r"is (nan|inf|-inf)", line) and "lower train.lr" in line, line
     progress = json.loads((out / "progress.json").read_text())
-    assert progress["completed"] == ["seed_0/popular", "seed_0/block_0"] and not progress["finished"]
+    assert progress["completed"] == ["seed_0/popular/block_0", "seed_0/popular/block_1", "seed_0/block_0"]
+    assert not progress["finished"]
     rows = list(csv.DictReader((out / "results.csv").open()))
     # block 0 is recorded once per method that shares it; nothing of single's blocks 1..
     assert {(r["method"], r["block"]) for r in rows} == {("popular", "0"), ("popular", "1"), ("single", "0")}
@@ -58,7 +59,7 @@ def test_a_continual_block_that_diverges_stops_the_run_and_records_nothing_of_it
     assert all(v not in ("nan", "inf") for r in log for v in r.values())
     assert not (out / "seed_0" / "single").exists()
     text = (out / "results.md").read_text()
-    assert text.splitlines()[2].startswith("- incomplete: 2 of 3 units"), text[:300]
+    assert text.splitlines()[2].startswith("- incomplete: 3 of 4 units"), text[:300]
 
 
 def test_a_diverging_overwrite_puts_the_earlier_run_back_exactly(tmp_path, capsys):
@@ -80,8 +81,13 @@ def test_a_diverging_overwrite_puts_the_earlier_run_back_exactly(tmp_path, capsy
 
 def test_non_finite_settings_are_refused(tmp_path, capsys):
     config = _config(tmp_path)
-    for key in ("train.lr=.inf", "train.lr=.nan", "train.temperature=.inf", "peso.lam=.nan"):
+    for key, where in (
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.temperature=.inf", "train.temperature"),
+        ("methods=[{name: peso, lam: .nan}]", "(peso): 'lam'"),
+    ):
         capsys.readouterr()
         assert main(["run", "--config", config, "--out", str(tmp_path / "x"), "--set", key]) == 2
-        assert key.split("=")[0] in _error(capsys)
+        assert where in _error(capsys)
     assert not (tmp_path / "x").exists()

@@ -44,7 +44,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from peso.data.prepare import CutSettings, check_export, export_release, prepare
+    from peso.data.export import check_export, export_release
+    from peso.data.prepare import CutSettings, prepare
     from peso.data.raw import Columns
 
     out = Path(args.out)
@@ -127,7 +128,7 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from peso.data.prepare import export_release
+    from peso.data.export import export_release
 
     files = export_release(args.data_dir, args.out, overwrite=args.overwrite)
     print(f"release format: {args.out} ({len(files)} files)")
@@ -171,6 +172,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from peso.strategies import REGISTRY
+
+    names = [args.name] if args.name else sorted(REGISTRY)
+    for name in names:
+        if name not in REGISTRY:
+            raise PesoError(
+                "methods", f"unknown method '{name}'", f"choose from {', '.join(sorted(REGISTRY))}"
+            )
+        cls = REGISTRY[name]
+        kind = "adapter strategy" if cls.uses_backbone else "standalone"
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        print(f"{name} ({kind})" + (f": {doc}" if doc else ""))
+        for field, info in cls.Settings.model_fields.items():
+            if field in ("name", "label"):
+                continue
+            print(f"    {field} = {info.default!r}" + (f"  {info.description}" if info.description else ""))
+    print("\nuse: methods: [single, {name: peso, lam: 1.0e+5, label: peso-1e5}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from peso import __version__
 
@@ -210,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace a run folder that peso wrote (kept until the new run completes its first unit)",
     )
     r.set_defaults(func=_cmd_run)
+
+    m = sub.add_parser("methods", help="list the methods and each one's settings, with their defaults")
+    m.add_argument("name", nargs="?", help="one method (default: all)")
+    m.set_defaults(func=_cmd_methods)
 
     from peso.data.raw import FORMATS
 

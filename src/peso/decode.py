@@ -1,7 +1,8 @@
 """Decoding stage: trie-constrained beam search over semantic IDs, all users and beams of a batch at once.
 
 Scores are sums of log-softmax over the full vocabulary (as `generate` computes them), restricted at each
-step to the codes that continue a real item's ID, so no non-existent item can be emitted. One forward pass
+step to the codes that continue a real item's ID, so no non-existent item can be emitted. For prompted
+models, whose response ends with EOS, the score includes log p(EOS | ID), the last step `generate` takes. One forward pass
 per level, one token per beam: beams share their user's cached prompt through a tree mask instead of each
 holding a copy of it (users x beams x prompt length, copied again whenever beams reorder).
 """
@@ -15,11 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from peso.model import TokenSpace, merged
-from peso.pack import mask_dtype
+from peso.inputs import TokenSpace, attention_mask, left_pad, mask_dtype, position_ids
+from peso.model import merged
 from peso.progress import bar
 from peso.tokenize.trie import Trie
-from peso.train import left_pad, position_ids
 
 
 @torch.no_grad()
@@ -54,24 +54,24 @@ def beam_search_batch(
         parent, code = flat // size, flat % size
         node = trie.step(depth, node.gather(1, parent).flatten(), code.flatten()).view(n, k)
         node = torch.where(torch.isfinite(scores), node, torch.full_like(node, -1))
-        if depth == trie.levels - 1:
+        if depth == trie.levels - 1 and not space.append_eos:
             break
         inherited = ancestors.gather(1, parent.unsqueeze(-1).expand(-1, -1, ancestors.shape[-1]))
         own = torch.eye(k, dtype=torch.bool, device=device).expand(n, -1, -1)
         ancestors = torch.cat([inherited, own], dim=-1)
         see = torch.cat([prompt_keys.expand(n, k, width), ancestors], dim=-1).unsqueeze(1)
-        if float_mask is not None:  # eager attention adds its mask
-            see = torch.zeros(see.shape, dtype=float_mask, device=device).masked_fill_(
-                ~see, torch.finfo(float_mask).min
-            )
         out = model(
             input_ids=code + off,
-            attention_mask=see,
+            attention_mask=attention_mask(see, float_mask),
             position_ids=(pos[:, -1:] + 1 + depth).expand(n, k),
             cache=cache,
             use_cache=True,
         )
         logits = out.logits
+    if space.append_eos:  # the ID's last token was fed above: add its EOS step and rank again
+        scores = scores + F.log_softmax(logits.float(), dim=-1)[..., space.eos_id]
+        scores, order = scores.sort(dim=-1, descending=True, stable=True)
+        node = node.gather(1, order)
     sids, scores = node[:, :top_k], scores[:, :top_k]
     if sids.shape[1] < top_k:  # fewer valid IDs than top_k
         pad = top_k - sids.shape[1]
@@ -116,6 +116,8 @@ def brute_force_scores(
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
     offsets = torch.tensor(space.level_offsets)
     tokens = torch.from_numpy(np.asarray(sid_codes, dtype=np.int64)) + offsets  # (n, L)
+    if space.append_eos:  # the response's EOS is scored too
+        tokens = torch.cat([tokens, torch.full((len(tokens), 1), space.eos_id)], dim=1)
     L, scores = tokens.shape[1], []
     for start in range(0, len(tokens), chunk):
         tok = tokens[start : start + chunk]
@@ -129,3 +131,64 @@ def brute_force_scores(
             total = total + logp.gather(-1, tok[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)
         scores.append(total)
     return torch.cat(scores)
+
+
+def prefix_table(sid_codes: np.ndarray, space: TokenSpace) -> dict[tuple[int, ...], list[int]]:
+    """prefix (token ids) -> allowed next token ids, for a `prefix_allowed_tokens_fn`: the item IDs' tokens,
+    then EOS for prompted models."""
+    table: dict[tuple[int, ...], set[int]] = {}
+    for row in sid_codes:
+        toks = [off + int(c) for off, c in zip(space.level_offsets, row, strict=True)]
+        if space.append_eos:
+            toks.append(space.eos_id)
+        for d in range(len(toks)):
+            table.setdefault(tuple(toks[:d]), set()).add(toks[d])
+    return {k: sorted(v) for k, v in table.items()}
+
+
+def generate_reference(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    space: TokenSpace,
+    trie: Trie,
+    beam: int,
+    top_k: int,
+    batch_size: int,
+    table: dict[tuple[int, ...], list[int]] | None = None,
+) -> np.ndarray:
+    """Top-k semantic-ID groups through `model.generate(num_beams=..., prefix_allowed_tokens_fn=...)`, the
+    usual way, batched and ordered as `recommend` is: the reference our beam search is checked against."""
+    table = table if table is not None else prefix_table(trie.codes, space)
+    levels = trie.levels + int(space.append_eos)
+    out = np.full((len(prompts), top_k), -1, dtype=np.int64)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    offsets = torch.tensor(space.level_offsets)
+    for start in range(0, len(prompts), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = left_pad([prompts[r] for r in rows], space.pad_id)
+        width = ids.shape[1]
+
+        def allowed(_batch_id: int, seq: torch.Tensor, width: int = width) -> list[int]:
+            return table.get(tuple(seq[width:].tolist()), [])
+
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                num_beams=beam,
+                num_return_sequences=top_k,
+                max_new_tokens=levels,
+                min_new_tokens=trie.levels,
+                prefix_allowed_tokens_fn=allowed,
+                do_sample=False,
+                length_penalty=0.0,
+                early_stopping=True,
+                pad_token_id=space.pad_id,
+                eos_token_id=space.eos_id,
+            )
+        codes = gen[:, width : width + trie.levels] - offsets  # (rows * top_k, levels)
+        node = torch.zeros(len(codes), dtype=torch.long)
+        for d in range(trie.levels):
+            node = trie.step(d, node, codes[:, d])
+        out[rows] = node.view(len(rows), top_k).numpy()
+    return out

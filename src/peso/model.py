@@ -1,8 +1,8 @@
 """Model stage: a causal LM (hub id, local path, or the embedded `tiny`), item tokens in its vocabulary,
 and a PEFT LoRA adapter whose trainable parameters include the item-token embedding/output rows.
 
-`TokenSpace` turns item histories into token ids: bare item tokens for `tiny`, the paper's instruction
-prompt for a pretrained LLM.
+Its `TokenSpace` (`peso.inputs`) turns item histories into token ids: bare item tokens for `tiny`, the
+paper's instruction prompt for a pretrained LLM.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from peso.config import ModelConfig
 from peso.errors import PesoError
 from peso.hub import resolve
+from peso.inputs import TokenSpace
+from peso.settings import ModelConfig
 from peso.tokenize.items import ItemIndex
 
 PROMPT = (
@@ -31,43 +31,6 @@ PROMPT = (
 TINY_SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2 of the tiny vocabulary
 # PEFT reads this deprecated transformers attribute on every get_peft_model: a warning per run, not ours
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
-
-@dataclass
-class TokenSpace:
-    """Where the item tokens sit in the model vocabulary, and how a history becomes a prompt."""
-
-    level_offsets: list[int]  # token id of code 0 at each level
-    level_sizes: list[int]
-    codes: np.ndarray  # (n_items, levels)
-    pad_id: int
-    eos_id: int
-    prefix: list[int] = field(default_factory=list)  # prompt tokens before the items
-    separator: list[int] = field(default_factory=list)  # between items
-    suffix: list[int] = field(default_factory=list)  # after the items
-    append_eos: bool = False  # the response ends with EOS (prompted LLMs, as the paper's code)
-
-    def item_tokens(self, item: int) -> list[int]:
-        return [off + int(c) for off, c in zip(self.level_offsets, self.codes[item], strict=True)]
-
-    def prompt(self, history: np.ndarray) -> list[int]:
-        ids = list(self.prefix)
-        for k, item in enumerate(history):
-            if k:
-                ids.extend(self.separator)
-            ids.extend(self.item_tokens(int(item)))
-        ids.extend(self.suffix)
-        return ids
-
-    def target(self, item: int) -> list[int]:
-        return self.item_tokens(item) + ([self.eos_id] if self.append_eos else [])
-
-    def all_item_token_ids(self) -> list[int]:
-        return [
-            off + c
-            for off, size in zip(self.level_offsets, self.level_sizes, strict=True)
-            for c in range(size)
-        ]
 
 
 def _tiny(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from peso.data.samples import BlockSamples
-from peso.model import TokenSpace
+from peso.inputs import TokenSpace, attention_mask, mask_dtype
 
 IGNORE = -100
 
@@ -46,12 +46,6 @@ class Step:
     inputs: dict[str, torch.Tensor]
     logits: torch.Tensor  # (target tokens, vocab)
     labels: torch.Tensor  # (target tokens,)
-
-
-def mask_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """None (boolean masks) for SDPA and flash kernels; eager attention adds a float mask of this dtype."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
-    return next(model.parameters()).dtype if impl == "eager" else None
 
 
 @dataclass
@@ -104,12 +98,20 @@ class Packed:
             hi_t, br_t = torch.from_numpy(hi).to(device), torch.from_numpy(branch).to(device)
             i = j.view(1, -1, 1)
             see = ((j < hi_t.unsqueeze(-1)) | ((j >= br_t.unsqueeze(-1)) & (j <= i))).unsqueeze(1)
-            if float_mask is not None:
-                see = torch.zeros(see.shape, dtype=float_mask, device=device).masked_fill_(
-                    ~see, torch.finfo(float_mask).min
-                )
-            out["attention_mask"] = see
+            out["attention_mask"] = attention_mask(see, float_mask)
         return out
+
+
+def forward_targets(model: torch.nn.Module, packed: Packed, rows: np.ndarray, autocast: bool = False) -> Step:
+    """One forward pass over segments `rows`, with logits only where a target token is predicted (the LM
+    head over the vocabulary is the costly part)."""
+    device = next(model.parameters()).device
+    inputs = packed.batch(rows, device, mask_dtype(model))
+    labels = inputs.pop("labels")
+    inputs["logits_to_keep"] = labels != IGNORE
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**inputs).logits
+    return Step(inputs, logits, labels[inputs["logits_to_keep"]])
 
 
 def concat(parts: list[Packed]) -> Packed:

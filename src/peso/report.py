@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from peso.io import atomic_file, write_text
+from peso.compare import compare_methods
+from peso.io import atomic_file, is_main, write_text
 from peso.metrics import METRICS
 
 COLUMNS = [
@@ -25,6 +27,11 @@ COLUMNS = [
 ]
 
 
+def sd(values: list[float]) -> float:
+    """The sample standard deviation over seeds (ddof=1); 0 for a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -35,7 +42,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def continual_means(rows: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """method -> metric -> (mean over seeds of the per-seed mean over blocks >= 1, std over seeds, seeds)."""
+    """method -> metric -> (mean over seeds of the per-seed mean over blocks >= 1, sample std over seeds,
+    seeds)."""
     per = defaultdict(lambda: defaultdict(list))  # method -> seed -> rows
     for r in rows:
         if r["block"] >= 1:
@@ -45,7 +53,7 @@ def continual_means(rows: list[dict]) -> dict[str, dict[str, tuple[float, float,
         out[method] = {}
         for m in METRICS:
             vals = [np.mean([r[m] for r in rs]) for rs in seeds.values()]
-            out[method][m] = (float(np.mean(vals)), float(np.std(vals)), len(vals))
+            out[method][m] = (float(np.mean(vals)), sd(vals), len(vals))
     return out
 
 
@@ -58,6 +66,8 @@ def markdown(rows: list[dict], summary: dict, intervals: dict | None = None) -> 
     for k, v in summary.items():
         lines.append(f"- {k}: {v}")
     lines += ["", "## Mean over continual blocks (1..T-1)", ""]
+    if any(n > 1 for ms in continual_means(rows).values() for _, _, n in ms.values()):
+        lines += ["mean ± sample standard deviation over seeds (ddof=1)", ""]
     means = continual_means(rows)
     lines.append("| method | " + " | ".join(METRICS) + " |")
     lines.append("|---" * (len(METRICS) + 1) + "|")
@@ -122,7 +132,7 @@ def _per_block(rows: list[dict]) -> list[str]:
                 cells.append("")
                 continue
             h, n = [r["hit@10"] for r in rs], [r["ndcg@10"] for r in rs]
-            cells.append(f"{_fmt(np.mean(h), np.std(h), len(h))} / {_fmt(np.mean(n), np.std(n), len(n))}")
+            cells.append(f"{_fmt(np.mean(h), sd(h), len(h))} / {_fmt(np.mean(n), sd(n), len(n))}")
         last = [
             r.get("adapter_bytes", 0) or 0 for r in rows if r["method"] == method and r["block"] == blocks[-1]
         ]
@@ -148,7 +158,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 by_block[r["block"]].append(r["ndcg@10"])
         blocks = sorted(by_block)
         mean = [np.mean(by_block[b]) for b in blocks]
-        std = [np.std(by_block[b]) for b in blocks]
+        std = [sd(by_block[b]) for b in blocks]
         ax.errorbar(blocks, mean, yerr=std, marker="o", capsize=3, label=method)
     ax.set_xlabel("block (0 = base)")
     ax.set_ylabel("NDCG@10 (test)")
@@ -183,3 +193,122 @@ def console_table(rows: list[dict], title: str):
         cells.append(f"{m['hit@10'][0]:.4f} / {m['ndcg@10'][0]:.4f}" if m else "-")
         table.add_row(method, *cells)
     return table
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a results row records of one block's training, for adapter and standalone methods alike."""
+
+    seconds: float
+    best_epoch: int | None  # None: no epoch was picked on validation (fixed epochs)
+    targets_per_second: float
+
+
+class ResultsLog:
+    """results.csv, training.csv and the per-user NDCG@10 of the run so far; rewritten atomically after
+    every unit, so a killed run leaves readable tables."""
+
+    def __init__(self, out: Path, summary: dict | None = None) -> None:
+        self.out, self.summary = out, dict(summary or {})
+        self.rows: list[dict] = []
+        self.train_log: list[dict] = []
+        self.per_user: dict[tuple[str, int, int], np.ndarray] = {}  # (method, seed, block) -> NDCG@10
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.rows), len(self.train_log), len(self.per_user)
+
+    def since(self, mark: tuple[int, int, int]) -> tuple[list[dict], list[dict], dict]:
+        """What was added after `mark`: rows, training log, per-user arrays keyed (method, block)."""
+        keys = list(self.per_user)[mark[2] :]
+        return (
+            self.rows[mark[0] :],
+            self.train_log[mark[1] :],
+            {(m, b): self.per_user[(m, s, b)] for m, s, b in keys},
+        )
+
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        """Forget what a failed unit added."""
+        del self.rows[mark[0] :], self.train_log[mark[1] :]
+        for k in list(self.per_user)[mark[2] :]:
+            del self.per_user[k]
+        self.flush()
+
+    def extend(self, seed: int, rows: list[dict], train_log: list[dict], per_user: dict) -> None:
+        """A completed unit's records, replayed."""
+        self.rows += rows
+        self.train_log += train_log
+        self.per_user.update({(m, seed, b): v for (m, b), v in per_user.items()})
+
+    def add(
+        self,
+        method: str,
+        seed: int,
+        block: int,
+        users: int,
+        metrics: dict[str, float],
+        ndcg: np.ndarray,
+        trained: Trained | None = None,
+        nbytes: int = 0,
+    ) -> dict:
+        row = {
+            "method": method,
+            "seed": seed,
+            "block": block,
+            "users": users,
+            **metrics,
+            "train_seconds": trained.seconds if trained else 0.0,
+            "best_epoch": trained.best_epoch if trained and trained.best_epoch is not None else "",
+            "targets_per_s": round(trained.targets_per_second, 1) if trained else "",
+            "adapter_bytes": nbytes,
+        }
+        self.rows.append(row)
+        self.per_user[(method, seed, block)] = ndcg
+        return row
+
+    def training(self, method: str, seed: int, block: int, report) -> None:  # noqa: ANN001 (train.BlockReport)
+        """One training.csv row per epoch of a block."""
+        for e in range(report.epochs):
+            ce, extra = report.train_ce[e], report.train_penalty[e]
+            self.train_log.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "block": block,
+                    "epoch": e + 1,
+                    "train_ce": ce,
+                    "proximal": extra,
+                    "proximal_share": extra / (ce + extra),
+                    "valid_loss": report.valid_losses[e],
+                    "best": int(e + 1 == report.best_epoch),
+                }
+            )
+
+    def flush(self) -> None:
+        write_csv(self.rows, self.out / "results.csv")
+        path = self.out / "training.csv"
+        if self.train_log:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(self.train_log[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.train_log)
+            write_text(path, buf.getvalue())
+        elif path.exists() and is_main():
+            path.unlink()
+
+    def report(self, done: int, total: int, final: bool = False) -> None:
+        """results.md from the rows so far; an unfinished run says so at its top."""
+        summary = dict(self.summary)
+        if not final:
+            summary = {
+                "incomplete": f"{done} of {total} units (resume with `peso run --resume {self.out}`)",
+                **summary,
+            }
+        shares: dict[str, list[float]] = {}
+        for r in self.train_log:
+            if r["block"] > 0 and r["proximal"] > 0:
+                shares.setdefault(r["method"], []).append(r["proximal_share"])
+        if shares:  # how much the extra term weighs: lambda is only meaningful against it
+            summary["extra term's share of the training loss (mean over continual epochs)"] = ", ".join(
+                f"{m} {np.mean(v):.2e}" for m, v in shares.items()
+            )
+        write_text(self.out / "results.md", markdown(self.rows, summary, compare_methods(self.per_user)))

@@ -15,59 +15,10 @@ import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
 from peso import dist
-from peso.data.samples import BlockSamples
-from peso.model import TokenSpace
-from peso.pack import IGNORE, Packed, Step, mask_dtype
+from peso.pack import IGNORE, Packed, Step, forward_targets
 from peso.progress import bar as progress_bar
 from peso.progress import check_finite, note
-
-
-@dataclass
-class Encoded:
-    """Token ids of a split's examples: prompt (history) and target tokens, one row per target."""
-
-    prompts: list[list[int]]
-    targets: np.ndarray  # (n, target_len)
-    items: np.ndarray  # (n,) target item index
-    users: np.ndarray  # (n,) user index in the block
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-def encode(samples: BlockSamples, space: TokenSpace, split: str) -> Encoded:
-    ex = samples.examples(split)
-    prompts = [space.prompt(samples.window(u, p)) for u, p in ex]
-    items = np.array([samples.target(u, p) for u, p in ex], dtype=np.int64)
-    targets = np.array([space.target(int(i)) for i in items], dtype=np.int64).reshape(len(ex), -1)
-    return Encoded(prompts, targets, items, np.array([u for u, _ in ex], dtype=np.int64))
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask: the last positions line up, so targets sit at fixed offsets."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(prompts), width), dtype=np.int64)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p) :] = p
-        mask[r, width - len(p) :] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def forward_targets(model: torch.nn.Module, packed: Packed, rows: np.ndarray, autocast: bool = False) -> Step:
-    """One forward pass over segments `rows`, with logits only where a target token is predicted (the LM
-    head over the vocabulary is the costly part)."""
-    device = next(model.parameters()).device
-    inputs = packed.batch(rows, device, mask_dtype(model))
-    labels = inputs.pop("labels")
-    inputs["logits_to_keep"] = labels != IGNORE
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**inputs).logits
-    return Step(inputs, logits, labels[inputs["logits_to_keep"]])
+from peso.settings import TrainConfig
 
 
 def packed_loss(
@@ -134,22 +85,44 @@ class BlockReport:
         return self.targets / self.seconds if self.seconds else 0.0
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one block trains: AdamW, its cosine schedule with warmup, the loss temperature, clipping."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.01
+    weight_decay: float = 0.01
+    temperature: float = 0.8
+    grad_clip: float | None = 1.0
+    autocast: bool = False
+
+    @classmethod
+    def of(cls, tc: TrainConfig, continual: bool) -> Schedule:
+        """Block 0's schedule, or a continual block's (`continual_lr_scale`, `continual_epochs`)."""
+        return cls(
+            lr=tc.lr * (tc.continual_lr_scale if continual else 1.0),
+            epochs=(tc.continual_epochs or tc.epochs) if continual else tc.epochs,
+            batch_size=tc.batch_size,
+            warmup_steps=tc.warmup_steps,
+            warmup_ratio=tc.warmup_ratio,
+            weight_decay=tc.weight_decay,
+            temperature=tc.temperature,
+            grad_clip=tc.grad_clip,
+            autocast=tc.autocast == "bf16",
+        )
+
+
 def train_block(
     model: torch.nn.Module,
     train: Packed,
     valid: Packed,
+    schedule: Schedule,
     *,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    warmup_steps: int | None,
-    warmup_ratio: float,
-    weight_decay: float,
-    temperature: float,
-    grad_clip: float | None,
     seed: int,
-    autocast: bool = False,
-    extra_loss: Callable[[torch.nn.Module, Step], torch.Tensor | None] = lambda m, s: None,
+    extra_loss: Callable[[torch.nn.Module, Step], torch.Tensor | None] | None = None,
     desc: str = "train",
 ) -> BlockReport:
     """Train the parameters that require grad; restore the epoch with the lowest validation loss.
@@ -157,6 +130,15 @@ def train_block(
     Across several processes (`peso.dist`) every process plans the same global batches and takes its share
     of each; the loss is the process's sum over its target tokens x world / the batch's tokens, so that DDP's
     gradient average is the mean over the global batch: the same steps as one process, up to float order."""
+    lr, epochs, batch_size, temperature = (
+        schedule.lr,
+        schedule.epochs,
+        schedule.batch_size,
+        schedule.temperature,
+    )
+    grad_clip, autocast, weight_decay = schedule.grad_clip, schedule.autocast, schedule.weight_decay
+    warmup_steps, warmup_ratio = schedule.warmup_steps, schedule.warmup_ratio
+    extra_loss = extra_loss or (lambda m, s: None)
     params = [p for p in model.parameters() if p.requires_grad]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.ndim >= 2]

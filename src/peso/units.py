@@ -1,16 +1,11 @@
-"""Resumable runs: what a run folder keeps of its completed units, and how `peso run --resume` reads it back.
+"""The unit store: how a run folder keeps its completed units, and how `peso run --resume` reads it back.
 
-A run works at *method* granularity: the units of a seed are each standalone method, the shared block 0,
-then each adapter method (all its blocks). When a unit ends, its state goes to
-`RUN_DIR/resume/seed_<s>/<unit>/` in one atomic folder (`unit.json`: its results.csv and training.csv rows
-and the RNG states; `per_user.safetensors`: per-user NDCG@10 of each block; for block 0 also
-`block0.safetensors`: the parameters block 0 trained), then `progress.json` lists it. A kill between the two
-only costs the unit again. A resumed run replays completed units from those files in the original order and
-recomputes the rest, so it ends with the same files as an uninterrupted run.
-
-Blocks inside a method are not resumable: strategies keep state across blocks (anchors, past adapters,
-Fisher) that only they know how to rebuild, whereas a whole method is exact, being deterministic given the
-block-0 parameters, the per-block seeds and the RNG state it starts from.
+A run works in units: per seed, each block of each standalone method, the shared block 0 of the adapter
+strategies, then each block of each adapter strategy. When a unit ends, its record and block state go to
+`RUN_DIR/resume/<unit>/` in one atomic folder (`peso.runfolder` has the format), then `progress.json` lists
+it. A kill between the two only costs the unit again. A resumed run replays completed units in the
+original order, continues each method from the block state of its last completed block (parameters, the
+strategy's own state, the RNG states), and so ends with the same files as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,23 +13,29 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from peso.config import RunConfig
 from peso.errors import PesoError
-from peso.io import atomic_dir, folder_kind, write_text
-
-PROGRESS = "progress.json"
-BLOCK0 = "block_0"  # the unit name of a seed's shared block 0
+from peso.io import atomic_dir, folder_kind, is_main, write_text
+from peso.runfolder import (
+    CONFIG,
+    PER_USER,
+    PROGRESS,
+    PROGRESS_VERSION,
+    STATE,
+    UNIT,
+    Unit,
+    read_progress,
+    read_unit,
+    unit_dir,
+)
 
 
 def rng_state() -> dict:
@@ -69,89 +70,102 @@ def _json_default(o: object) -> object:
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-@dataclass
-class Unit:
-    """What one completed unit added to the run: its rows, training log and per-user NDCG@10 arrays."""
+class UnitStore:
+    """The completed units of one run folder."""
 
-    rows: list[dict]
-    train_log: list[dict]
-    per_user: dict[tuple[str, int], np.ndarray]  # (method, block) -> NDCG@10 per test user
-    seconds: float
-    rng: dict  # the RNG states at its end: the next unit starts from them, as in an uninterrupted run
-    state: dict[str, torch.Tensor] | None = None  # block 0 only: the parameters it trained
+    def __init__(self, out: Path, completed: list[str] | None = None) -> None:
+        self.out = out
+        self.completed: list[str] = list(completed or [])
 
+    def done(self, name: str) -> bool:
+        return name in self.completed
 
-def unit_dir(out: Path, seed: int, unit: str) -> Path:
-    return out / "resume" / f"seed_{seed}" / unit
+    def load(self, name: str, with_state: bool = False) -> Unit:
+        return read_unit(unit_dir(self.out, name), with_state)
 
+    def save(self, name: str, unit: Unit, seconds: float, supersedes: str | None = None) -> None:
+        """One atomic folder, then progress.json lists it. `supersedes`: the same method's previous block,
+        whose block state the new one makes unnecessary (only a method's latest state is continued from):
+        its state file goes, its records stay."""
+        keys = list(unit.per_user)
+        record = {
+            "rows": unit.rows,
+            "train_log": unit.train_log,
+            "per_user": [[m, b] for m, b in keys],
+            "seconds": unit.seconds,
+            "rng": unit.rng,
+            "meta": unit.meta,
+        }
+        with atomic_dir(unit_dir(self.out, name)) as tmp:
+            write_text(tmp / UNIT, json.dumps(record, default=_json_default))
+            arrays = {str(i): np.ascontiguousarray(unit.per_user[k]) for i, k in enumerate(keys)}
+            save_arrays(arrays, str(tmp / PER_USER))
+            tensors = {f"param.{n}": v for n, v in unit.params.items()}
+            tensors.update({f"strategy.{k}": v for k, v in unit.tensors.items()})
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE))
+        self.completed.append(name)
+        write_progress(self.out, self.completed, seconds, False)
+        if supersedes is not None and is_main():
+            (unit_dir(self.out, supersedes) / STATE).unlink(missing_ok=True)
 
-def save_unit(folder: Path, unit: Unit) -> None:
-    """One atomic folder: unit.json, per_user.safetensors and, for block 0, block0.safetensors."""
-    keys = list(unit.per_user)
-    record = {
-        "rows": unit.rows,
-        "train_log": unit.train_log,
-        "per_user": [[m, b] for m, b in keys],
-        "seconds": unit.seconds,
-        "rng": unit.rng,
-    }
-    with atomic_dir(folder) as tmp:
-        write_text(tmp / "unit.json", json.dumps(record, default=_json_default))
-        arrays = {str(i): np.ascontiguousarray(unit.per_user[k]) for i, k in enumerate(keys)}
-        save_arrays(arrays, str(tmp / "per_user.safetensors"))
-        if unit.state is not None:
-            save_file({n: v.contiguous() for n, v in unit.state.items()}, str(tmp / "block0.safetensors"))
+    def latest(self) -> set[str]:
+        """The units whose block state is kept: each method's latest block per seed, and each block 0."""
+        last: dict[str, str] = {}
+        for name in self.completed:
+            last[name.rsplit("/", 1)[0] if name.count("/") == 2 else name] = name
+        return set(last.values())
 
-
-def load_unit(folder: Path, with_state: bool = False) -> Unit:
-    try:
-        record = json.loads((folder / "unit.json").read_text())
-        arrays = load_arrays(str(folder / "per_user.safetensors"))
-        state = load_file(str(folder / "block0.safetensors")) if with_state else None
-    except (OSError, ValueError, SafetensorError) as e:  # missing, or damaged (truncated, overwritten)
-        raise PesoError(
-            str(folder),
-            f"state of a completed unit is missing or unreadable ({e.__class__.__name__})",
-            "start the run again with --overwrite",
-        ) from None
-    per_user = {(m, b): arrays[str(i)] for i, (m, b) in enumerate(record["per_user"])}
-    return Unit(record["rows"], record["train_log"], per_user, record["seconds"], record["rng"], state)
-
-
-def check_units(out: Path, completed: list[str]) -> None:
-    """Read every completed unit before a resume writes anything: a damaged one stops it in one line."""
-    for name in completed:
-        seed, unit = name.split("/", 1)
-        load_unit(out / "resume" / seed / unit, with_state=unit == BLOCK0)
+    def check(self) -> None:
+        """Read every completed unit before a resume writes anything: a damaged one stops it in one line."""
+        keep = self.latest()
+        for name in self.completed:
+            self.load(name, with_state=name in keep)
 
 
 def write_progress(out: Path, completed: list[str], seconds: float, finished: bool) -> None:
     """progress.json: the completed units, in order; `peso run --resume` starts after them."""
-    record = {"version": 1, "completed": completed, "seconds": round(seconds, 1), "finished": finished}
+    record = {
+        "version": PROGRESS_VERSION,
+        "completed": completed,
+        "seconds": round(seconds, 1),
+        "finished": finished,
+    }
     write_text(out / PROGRESS, json.dumps(record, indent=1))
 
 
 def load_resumable(out: Path) -> tuple[RunConfig, dict]:
     """The saved config and progress of a run folder that `--resume` can continue; writes nothing."""
-    fix = f"start a run with `peso run --config CONFIG --out {out}`"
     if not out.is_dir():
-        raise PesoError(str(out), "run folder not found", fix)
-    if not (out / "config.yaml").is_file() or not (out / PROGRESS).is_file():
+        raise PesoError(
+            str(out), "run folder not found", f"start a run with `peso run --config CONFIG --out {out}`"
+        )
+    if not (out / CONFIG).is_file() or not (out / PROGRESS).is_file():
         ours = folder_kind(out) == "run"  # killed before it wrote progress.json: start it again
         raise PesoError(
             str(out),
-            f"not a resumable run folder (no config.yaml or {PROGRESS})",
+            f"not a resumable run folder (no {CONFIG} or {PROGRESS})",
             f"start it again with `peso run --config CONFIG --out {out} --overwrite`"
             if ours
             else "give --resume a folder that `peso run` wrote",
         )
+    again = f"start it again with `peso run --config CONFIG --out {out} --overwrite`"
     try:
-        cfg = RunConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
-        progress = json.loads((out / PROGRESS).read_text())
-        if progress.get("version") != 1 or not isinstance(progress.get("completed"), list):
-            raise ValueError("unknown progress format")
-    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValidationError is a ValueError
-        raise PesoError(str(out), f"config.yaml or {PROGRESS} is unreadable", fix) from None
+        progress = read_progress(out)
+        cfg = RunConfig.model_validate(yaml.safe_load((out / CONFIG).read_text()))
+    except (
+        PesoError,
+        OSError,
+        ValueError,
+        yaml.YAMLError,
+        AttributeError,
+    ):  # ValidationError is a ValueError
+        raise PesoError(str(out), f"{CONFIG} or {PROGRESS} is unreadable", again) from None
+    if progress.get("version") != PROGRESS_VERSION:
+        raise PesoError(
+            str(out),
+            f"made by an older peso (progress version {progress.get('version')}): not resumable",
+            again,
+        )
     return cfg, progress
 
 
@@ -176,6 +190,12 @@ def _first_difference(a: object, b: object, where: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
             d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            d = _first_difference(x, y, f"{where}[{k}]")
             if d is not None:
                 return d
         return None

@@ -11,8 +11,9 @@ import polars as pl
 import pytest
 
 from peso.cli import main
+from peso.data.export import export_release
 from peso.data.load import read_blocks
-from peso.data.prepare import CutSettings, cut_points, export_release, kcore, prepare
+from peso.data.prepare import CutSettings, cut_points, kcore, prepare
 from peso.data.prepared import read_prepared
 from peso.data.release import read_release
 from peso.errors import PesoError
@@ -224,7 +225,7 @@ def test_recbole_ml100k_reproduces_the_quickstart_blocks(tmp_path):
 
 def test_peso_run_reads_a_data_dir(tmp_path):
     from peso.config import load_config
-    from peso.runner import prepare as run_prepare
+    from peso.dataset import prepare as run_prepare
 
     prepare([write_log(tmp_path / "log.csv")], tmp_path / "toy", settings=CutSettings(0.6, 3, 3))
     (tmp_path / "toy" / "index.json").write_text(

@@ -91,7 +91,7 @@ def test_prepare_schema_and_the_run_reader(data_dir, tmp_path):
     assert all(len(c) >= 3 for b in data.blocks for c in b.current)
     assert all(p for b in data.blocks[1:] for p in b.previous)  # every user is there from block 0
     from peso.config import load_config
-    from peso.runner import prepare as run_prepare
+    from peso.dataset import prepare as run_prepare
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"data: {{path: {data_dir}}}\nmodel: {{name: tiny}}\n")

@@ -6,21 +6,18 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from peso.config import RunConfig
 from peso.data.samples import BlockSamples
 from peso.decode import recommend
 from peso.model import lora_layers, merged
-from peso.pack import pack
+from peso.pack import forward_targets, pack
 from peso.strategies import REGISTRY, create
 from peso.strategies.base import BlockData
 from peso.strategies.cumulative import CHILD, lora_modules
 from peso.tokenize.trie import Trie
-from peso.train import forward_targets
 
 SUMLORA = ["sumlora-all", "sumlora-latest", "sumlora-all-inherit", "sumlora-latest-inherit"]
 SDLORA = ["sdlora-all", "sdlora-latest", "sdlora-all-inherit", "sdlora-latest-inherit"]
 ALL = SUMLORA + SDLORA + ["inflora"]
-CFG = RunConfig.model_validate({"data": {"path": "."}})
 
 
 def unit(t: torch.Tensor) -> torch.Tensor:
@@ -72,14 +69,14 @@ def by_hand(layer, x, past, coefs, current_mag=1.0) -> torch.Tensor:
 
 def test_registry_has_the_nine_baselines():
     assert set(ALL) <= set(REGISTRY)
-    assert create("sumlora-latest-inherit", CFG).keep_latest and create("sumlora-latest-inherit", CFG).inherit
-    assert not create("sdlora-all", CFG).keep_latest and create("sdlora-all", CFG).magnitudes
-    assert not create("inflora", CFG).normalise
+    assert create("sumlora-latest-inherit").keep_latest and create("sumlora-latest-inherit").inherit
+    assert not create("sdlora-all").keep_latest and create("sdlora-all").magnitudes
+    assert not create("inflora").normalise
 
 
 def test_sumlora_output_is_w_x_plus_the_normalised_past_sum(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("sumlora-all", CFG)
+    strat = create("sumlora-all")
     end0 = adapters(model)  # the block-0 adapter
     strat.setup_block(model, 1, None)
     randomise_current(model, 1)
@@ -101,7 +98,7 @@ def test_sumlora_output_is_w_x_plus_the_normalised_past_sum(tiny_lora):
 @pytest.mark.parametrize("name", SUMLORA + SDLORA)
 def test_latest_keeps_one_past_adapter_and_all_keeps_t(tiny_lora, name):
     model, _, _ = tiny_lora
-    strat = create(name, CFG)
+    strat = create(name)
     for t in (1, 2, 3):
         before = adapters(model)
         strat.setup_block(model, t, None)
@@ -118,7 +115,7 @@ def test_latest_keeps_one_past_adapter_and_all_keeps_t(tiny_lora, name):
 @pytest.mark.parametrize("name", SUMLORA + SDLORA)
 def test_new_adapter_is_reinitialised_or_inherited(tiny_lora, name):
     model, _, _ = tiny_lora
-    strat = create(name, CFG)
+    strat = create(name)
     strat.setup_block(model, 1, None)
     randomise_current(model, 5)
     before = adapters(model)
@@ -135,7 +132,7 @@ def test_new_adapter_is_reinitialised_or_inherited(tiny_lora, name):
 
 def test_sdlora_output_magnitudes_and_gradients(tiny_lora):
     model, space, _ = tiny_lora
-    strat = create("sdlora-all", CFG)
+    strat = create("sdlora-all")
     end0 = adapters(model)
     strat.setup_block(model, 1, None)
     randomise_current(model, 1)
@@ -202,7 +199,7 @@ def layer_inputs(model, packed, layer) -> torch.Tensor:
 
 def test_inflora_a_is_orthogonal_to_earlier_inputs_and_only_b_trains(tiny_lora, data):
     model, space, _ = tiny_lora
-    strat = create("inflora", CFG)
+    strat = create("inflora")
     name, layer = next(iter(lora_modules(model).items()))
     h_prev = layer_inputs(model, data.previous, layer)  # block 0's inputs, through the block-0 model
     h_cur = layer_inputs(model, data.current, layer)
@@ -214,7 +211,7 @@ def test_inflora_a_is_orthogonal_to_earlier_inputs_and_only_b_trains(tiny_lora, 
     assert 0 < k <= 32 - 8
     assert torch.allclose(basis.T @ basis, torch.eye(k, dtype=basis.dtype), atol=1e-8)
     energy = lambda u: float(((h_prev @ u) ** 2).sum() / (h_prev**2).sum())  # noqa: E731
-    share = CFG.baselines.inflora_energy
+    share = INFLORA_ENERGY
     assert energy(basis) >= share and energy(basis[:, :-1]) < share
 
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -251,37 +248,36 @@ def test_inflora_a_is_orthogonal_to_earlier_inputs_and_only_b_trains(tiny_lora, 
     assert (layer.lora_A["default"].weight.double() @ strat.basis[name]).abs().max() < 1e-6
 
 
-def with_baselines(**settings: float) -> RunConfig:
-    return RunConfig.model_validate({"data": {"path": "."}, "baselines": settings})
+INFLORA_ENERGY = 0.97  # InfLoRA's default
 
 
 def test_inflora_settings_come_from_the_config(tiny_lora, data):
-    """cfg.baselines.inflora_energy sets the basis: a lower share protects fewer input directions; the
+    """InfLoRA's `energy` sets the basis: a lower share protects fewer input directions; the
     basis found still covers that share, and minimally."""
     model, _, _ = tiny_lora
     name, layer = next(iter(lora_modules(model).items()))
     h_prev = layer_inputs(model, data.previous, layer)
     energy = lambda u: float(((h_prev @ u) ** 2).sum() / (h_prev**2).sum())  # noqa: E731
     sizes = {}
-    for share in (0.5, CFG.baselines.inflora_energy):
-        strat = create("inflora", with_baselines(inflora_energy=share))
+    for share in (0.5, INFLORA_ENERGY):
+        strat = create({"name": "inflora", "energy": share})
         strat.setup_block(model, 1, data)
         basis = strat.basis[name]
         sizes[share] = basis.shape[1]
         assert energy(basis) >= share and energy(basis[:, :-1]) < share
         strat.teardown(model)
-    assert 0 < sizes[0.5] < sizes[CFG.baselines.inflora_energy], sizes
+    assert 0 < sizes[0.5] < sizes[INFLORA_ENERGY], sizes
     # inflora_targets: the subspace is estimated from the first n targets only; one target's inputs span
     # fewer directions than all of the block's, so the basis covering the same share is smaller
-    strat = create("inflora", with_baselines(inflora_targets=1))
+    strat = create({"name": "inflora", "targets": 1})
     strat.setup_block(model, 1, data)
-    assert 0 < strat.basis[name].shape[1] < sizes[CFG.baselines.inflora_energy]
+    assert 0 < strat.basis[name].shape[1] < sizes[INFLORA_ENERGY]
     strat.teardown(model)
 
 
 def test_sdlora_magnitude_init_comes_from_the_config(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("sdlora-all", with_baselines(sdlora_magnitude_init=0.25))
+    strat = create({"name": "sdlora-all", "magnitude_init": 0.25})
     strat.setup_block(model, 1, None)
     with torch.no_grad():
         for layer in lora_modules(model).values():
@@ -305,7 +301,7 @@ def test_teardown_leaves_the_model_as_before(tiny_lora, data, name):
     before, hooks_before = snapshot(model), sum(len(m._forward_hooks) for m in model.modules())
     with torch.no_grad():
         want = model(input_ids=ids).logits
-    strat = create(name, CFG)
+    strat = create(name)
     for t in (1, 2):
         strat.setup_block(model, t, data)
         randomise_current(model, t)
@@ -325,7 +321,7 @@ def test_teardown_leaves_the_model_as_before(tiny_lora, data, name):
 @pytest.mark.parametrize("name", ["sumlora-all", "sdlora-latest-inherit", "inflora"])
 def test_merged_decoding_equals_unmerged(tiny_lora, data, name):
     model, space, index = tiny_lora
-    strat = create(name, CFG)
+    strat = create(name)
     for t in (1, 2):
         strat.setup_block(model, t, data)
         randomise_current(model, 10 + t)
@@ -363,7 +359,7 @@ def test_merged_decoding_equals_unmerged(tiny_lora, data, name):
 @pytest.mark.parametrize("keep", ["all", "latest"])
 def test_export_grows_with_past_adapters_for_all_only(tiny_lora, tmp_path, keep):
     model, _, _ = tiny_lora
-    strat = create(f"sdlora-{keep}", CFG)
+    strat = create(f"sdlora-{keep}")
     sizes = []
     for t in (1, 2, 3):
         strat.setup_block(model, t, None)

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from peso.config import RunConfig
+from peso.errors import PesoError
 from peso.model import lora_layers
 from peso.strategies import create
 from peso.strategies.peso import proximal_term, softmax_kl
 
 
-def _cfg(lam: float) -> RunConfig:
-    return RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": lam}})
+def _cfg(lam: float) -> dict:
+    return {"name": "peso", "lam": lam}
 
 
 def _np_kl(cur: np.ndarray, prev: np.ndarray) -> float:
@@ -33,7 +34,7 @@ def test_softmax_kl_matches_hand_computation():
 
 def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("peso", _cfg(3.0))
+    strat = create(_cfg(3.0))
     strat.setup_block(model, 1, None)
     anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     with torch.no_grad():
@@ -53,22 +54,22 @@ def test_term_is_mean_over_modules_of_kl_a_plus_kl_b(tiny_lora):
 
 def test_term_is_exactly_zero_at_block_start(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("peso", _cfg(5.0))
+    strat = create(_cfg(5.0))
     strat.setup_block(model, 1, None)
     assert strat.extra_loss(model, None).item() == 0.0
 
 
 def test_no_anchor_no_term_and_lambda_zero_is_single(tiny_lora):
     model, _, _ = tiny_lora
-    assert create("peso", _cfg(5.0)).extra_loss(model, None) is None  # block 0: nothing to anchor to
-    zero = create("peso", _cfg(0.0))
+    assert create(_cfg(5.0)).extra_loss(model, None) is None  # block 0: nothing to anchor to
+    zero = create(_cfg(0.0))
     zero.setup_block(model, 1, None)
     assert zero.extra_loss(model, None) is None  # so training is exactly `single`'s
 
 
 def test_gradient_pulls_toward_the_anchor(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("peso", _cfg(1.0))
+    strat = create(_cfg(1.0))
     strat.setup_block(model, 1, None)
     anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     with torch.no_grad():
@@ -104,7 +105,7 @@ def test_gradient_pulls_toward_the_anchor(tiny_lora):
 def test_proximal_term_small_delta_is_half_weighted_variance(tiny_lora):
     # METHOD.md: KL ~ 1/2 Var_p(delta), p = softmax(v_prev), for small delta
     model, _, _ = tiny_lora
-    strat = create("peso", _cfg(1.0))
+    strat = create(_cfg(1.0))
     strat.setup_block(model, 1, None)
     _, a, _ = lora_layers(model)[0]
     prev = a.detach().clone().reshape(-1)
@@ -119,7 +120,7 @@ def test_proximal_term_small_delta_is_half_weighted_variance(tiny_lora):
 def test_tiny_drift_gives_a_positive_accurate_term(tiny_lora):
     # a drift of 1e-5 per entry: KL ~ 1e-11, below float32 rounding of the log-probabilities
     model, _, _ = tiny_lora
-    strat = create("peso", _cfg(1.0))
+    strat = create(_cfg(1.0))
     strat.setup_block(model, 1, None)
     _, a, _ = lora_layers(model)[0]
     prev = a.detach().clone().double().reshape(-1)
@@ -132,8 +133,7 @@ def test_tiny_drift_gives_a_positive_accurate_term(tiny_lora):
 
 def test_tau_divides_the_entries_before_each_softmax(tiny_lora):
     model, _, _ = tiny_lora
-    cfg = RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": 2.0, "tau": 0.25}})
-    strat = create("peso", cfg)
+    strat = create({"name": "peso", "lam": 2.0, "tau": 0.25})
     strat.setup_block(model, 1, None)
     anchors = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     with torch.no_grad():
@@ -148,17 +148,50 @@ def test_tau_divides_the_entries_before_each_softmax(tiny_lora):
         ]
     )
     assert strat.extra_loss(model, None).item() == pytest.approx(2.0 * by_hand, rel=1e-5)
-    plain = create("peso", _cfg(2.0))
+    plain = create(_cfg(2.0))
     plain.anchors = {
         n: tuple(torch.log_softmax(x.reshape(-1).double(), 0) for x in ab) for n, ab in anchors.items()
     }
     assert plain.extra_loss(model, None).item() < 0.2 * strat.extra_loss(model, None).item()  # ~ 1 / tau^2
 
 
-def test_sweep_adds_one_peso_per_lambda():
-    from peso.strategies.peso import sweep
+def test_a_lambda_sweep_is_plain_list_entries_with_labels():
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"path": "."},
+            "methods": [
+                "single",
+                {"name": "peso", "lam": 5.0},
+                {"name": "peso", "lam": 1e4, "label": "peso-1e4"},
+            ],
+        }
+    )
+    methods = [create(m) for m in cfg.methods]
+    assert [(m.name, m.label) for m in methods] == [
+        ("single", "single"),
+        ("peso", "peso"),
+        ("peso", "peso-1e4"),
+    ]
+    assert [m.lam for m in methods[1:]] == [5.0, 1e4]
 
-    cfg = RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": 5.0, "sweep": [0.5, 1e4]}})
-    runs = sweep(cfg)
-    assert [(m.name, m.lam) for m in runs] == [("peso[lam=0.5]", 0.5), ("peso[lam=10000]", 1e4)]
-    assert create("peso", cfg).name == "peso"  # the class keeps its name
+
+def test_method_settings_are_checked_by_the_method(tmp_path):
+    from peso.config import load_config
+
+    path = tmp_path / "c.yaml"
+    for methods, fragment in (
+        ("[{name: peso, lamda: 3}]", "methods[0] (peso): 'lamda': unknown setting"),
+        ("[{name: peso, lam: -1}]", "methods[0] (peso): 'lam'"),
+        ("[single, {name: ewc, lam: 1, targets: 0}]", "methods[1] (ewc): 'targets'"),
+        ("[peso, peso]", "['peso'] listed twice"),
+        ("[{name: peso, label: a/b}]", "folder name"),
+        ("[{lam: 3}]", "neither a method name nor a mapping with 'name'"),
+    ):
+        path.write_text(f"data: {{path: .}}\nmethods: {methods}\n")
+        with pytest.raises(PesoError) as e:
+            load_config(path)
+        assert fragment in str(e.value), (methods, str(e.value))
+    path.write_text("data: {path: .}\npeso: {lam: 3, sweep: [1.0]}\nmethods: [peso]\n")
+    with pytest.raises(PesoError) as e:
+        load_config(path)
+    assert "'peso:' section is gone" in str(e.value) and "{name: peso, lam: 1000.0}" in str(e.value)

@@ -8,20 +8,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from peso.config import RunConfig
 from peso.data.samples import BlockSamples
+from peso.inputs import encode
 from peso.model import lora_layers
-from peso.pack import pack
+from peso.pack import forward_targets, pack
 from peso.strategies import REGISTRY, AdapterStrategy, create
-from peso.strategies.base import BlockData
-from peso.strategies.proximal import Orthogonal
-from peso.train import encode, forward_targets
+from peso.strategies.base import BlockData, RunContext
 
 NEW = ["l2", "orthogonal", "output-kl", "ewc", "peso-all"]
 
 
-def _cfg(lam: float = 5.0, **baselines) -> RunConfig:
-    return RunConfig.model_validate({"data": {"path": "."}, "peso": {"lam": lam}, "baselines": baselines})
+def _cfg(name: str, **settings) -> dict:
+    return {"name": name, **settings}
 
 
 def _snapshot(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -56,34 +54,34 @@ def _np_kl_rows(cur: np.ndarray, prev: np.ndarray) -> float:
 # --- registry and settings ----------------------------------------------------------------------------
 
 
-def test_every_new_name_is_registered_and_created_from_config():
-    cfg = _cfg(l2=0.3, orthogonal=0.2, output_kl=0.7, ewc=11.0, ewc_targets=64)
+def test_every_new_name_is_registered_and_created_with_its_own_settings():
+    lams = {"l2": 0.3, "orthogonal": 0.2, "output-kl": 0.7, "ewc": 11.0, "peso-all": 5.0}
     for name in NEW:
         assert name in REGISTRY
-        strat = create(name, cfg)
-        assert isinstance(strat, AdapterStrategy) and strat.name == name and strat.trains
-    assert [create(n, cfg).lam for n in NEW] == [0.3, 0.2, 0.7, 11.0, 5.0]  # each reads its own weight
+        strat = create(_cfg(name, lam=lams[name]))
+        assert isinstance(strat, AdapterStrategy) and strat.name == name and strat.lam == lams[name]
+    assert create(_cfg("ewc", targets=64)).settings.targets == 64
 
 
 def test_baseline_settings_are_validated():
-    with pytest.raises(ValueError):
-        _cfg(l2=-1.0)
-    with pytest.raises(ValueError):
-        _cfg(ewc_targets=0)
-    with pytest.raises(ValueError):
-        _cfg(l2_weight=1.0)  # unknown setting
+    with pytest.raises(ValueError, match="'lam'"):
+        create(_cfg("l2", lam=-1.0))
+    with pytest.raises(ValueError, match="'targets'"):
+        create(_cfg("ewc", targets=0))
+    with pytest.raises(ValueError, match="unknown setting"):
+        create(_cfg("l2", weight=1.0))
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_no_term_before_the_first_block(tiny_lora, name):
     model, _, _ = tiny_lora
-    assert create(name, _cfg()).extra_loss(model, None) is None  # block 0: nothing to anchor to
+    assert create(name).extra_loss(model, None) is None  # block 0: nothing to anchor to
 
 
 @pytest.mark.parametrize("name", ["l2", "orthogonal", "peso-all"])
 def test_lambda_zero_is_single(tiny_lora, name):
     model, _, _ = tiny_lora
-    strat = create(name, _cfg(lam=0.0, l2=0.0, orthogonal=0.0))
+    strat = create(_cfg(name, lam=0.0))
     strat.setup_block(model, 1, None)
     assert strat.extra_loss(model, None) is None
 
@@ -93,7 +91,7 @@ def test_lambda_zero_is_single(tiny_lora, name):
 
 def test_l2_is_mean_of_frobenius_norms_not_squared(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("l2", _cfg(l2=2.0))
+    strat = create(_cfg("l2", lam=2.0))
     strat.setup_block(model, 1, None)
     assert strat.extra_loss(model, None).item() == 0.0
     # every entry of every A moves by 0.1, B stays: ||dA||_F = 0.1 sqrt(r * in)
@@ -106,7 +104,7 @@ def test_l2_is_mean_of_frobenius_norms_not_squared(tiny_lora):
 
 def test_l2_random_drift_and_finite_gradient_at_block_start(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("l2", _cfg(l2=0.5))
+    strat = create(_cfg("l2", lam=0.5))
     strat.setup_block(model, 1, None)
     loss = strat.extra_loss(model, None)
     loss.backward()  # A == A_prev: the norm's gradient must be 0, not NaN
@@ -127,7 +125,7 @@ def test_l2_random_drift_and_finite_gradient_at_block_start(tiny_lora):
 
 
 def test_orthogonal_term_on_explicit_matrices():
-    strat = Orthogonal(_cfg())
+    strat = create("orthogonal")
     a0 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # r=2 x in=3
     b0 = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [3.0, 0.0]])  # out=4 x r=2
     # rows of A orthogonal to rows of A_prev: 0; A A_prev^T = [[0, 0], [0, 0]]
@@ -140,7 +138,7 @@ def test_orthogonal_term_on_explicit_matrices():
 
 def test_orthogonal_is_large_at_the_block_start_and_matches_numpy(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("orthogonal", _cfg(orthogonal=0.5))
+    strat = create(_cfg("orthogonal", lam=0.5))
     strat.setup_block(model, 1, None)
     prev = _snapshot(model)
 
@@ -170,7 +168,7 @@ def packed(tiny_lora):
 
 def test_output_kl_zero_at_block_start(tiny_lora, packed):
     model, _, _ = tiny_lora
-    strat = create("output-kl", _cfg(output_kl=1.0))
+    strat = create(_cfg("output-kl", lam=1.0))
     strat.setup_block(model, 1, None)
     step = forward_targets(model, packed, np.arange(len(packed)))
     assert step.logits.shape[0] == int(packed.targets.sum()) * 3  # 3 item tokens per target
@@ -179,7 +177,7 @@ def test_output_kl_zero_at_block_start(tiny_lora, packed):
 
 def test_output_kl_equals_kl_of_two_explicit_forward_passes(tiny_lora, packed):
     model, _, _ = tiny_lora
-    strat = create("output-kl", _cfg(output_kl=3.0))
+    strat = create(_cfg("output-kl", lam=3.0))
     strat.setup_block(model, 1, None)
     rows = np.arange(len(packed))
     with torch.no_grad():
@@ -203,7 +201,7 @@ def test_output_kl_equals_kl_of_two_explicit_forward_passes(tiny_lora, packed):
 
 def test_output_kl_sees_the_item_rows(tiny_lora, packed):
     model, _, _ = tiny_lora
-    strat = create("output-kl", _cfg(output_kl=1.0))
+    strat = create(_cfg("output-kl", lam=1.0))
     strat.setup_block(model, 1, None)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -219,34 +217,36 @@ def test_output_kl_sees_the_item_rows(tiny_lora, packed):
 def _per_target_grads(
     model, space, samples: BlockSamples, n: int, temperature: float
 ) -> list[list[np.ndarray]]:
-    """Gradient wrt each LoRA A/B of each of the first `n` training targets alone: one unpacked pass each."""
+    """Gradient wrt each LoRA A/B of each of the first `n` training targets' negative log-likelihood (its
+    tokens' cross-entropy, summed) alone: one unpacked pass and one backward each."""
     params = [p for _, a, b in lora_layers(model) for p in (a, b)]
     enc = encode(samples, space, "train")
     out = []
     for prompt, target in list(zip(enc.prompts, enc.targets.tolist(), strict=True))[:n]:
         logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1]
-        ce = F.cross_entropy(logits / temperature, torch.tensor(target))
+        ce = F.cross_entropy(logits / temperature, torch.tensor(target), reduction="sum")
         out.append([g.numpy() for g in torch.autograd.grad(ce, params)])
     return out
 
 
-@pytest.mark.parametrize("batch_size", [1, 1000])
-def test_ewc_fisher_and_penalty_by_hand(tiny_lora, batch_size):
+@pytest.mark.parametrize(("share", "batch_size"), [(False, 1), (False, 3), (True, 2), (True, 1000)])
+def test_ewc_fisher_is_the_mean_squared_per_target_gradient_whatever_the_batches(
+    tiny_lora, share, batch_size
+):
     model, space, index = tiny_lora
     s = _samples(len(index.items))
-    previous = pack(s, space, "train", share=False)  # one segment per target, in `examples` order
-    cap = 5
+    previous = pack(s, space, "train", share=share)  # packed segments hold several targets each
+    cap = 7
     assert int(previous.targets.sum()) > cap
-    strat = create("ewc", _cfg(ewc=40.0, ewc_targets=cap))
+    strat = create(_cfg("ewc", lam=40.0, targets=cap), RunContext(temperature=0.8))
     strat.setup_block(model, 1, BlockData(previous, previous, batch_size))
-    per = _per_target_grads(model, space, s, cap, strat.cfg.train.temperature)
-    if batch_size == 1:  # one target per batch: the mean of squared per-target gradients
-        fisher = [np.mean([g[i] ** 2 for g in per], axis=0) for i in range(len(per[0]))]
-    else:  # one batch of the first `cap` targets: the square of their mean gradient
-        fisher = [np.mean([g[i] for g in per], axis=0) ** 2 for i in range(len(per[0]))]
+    rows = np.concatenate(list(BlockData(previous, previous, batch_size).batches("previous", cap)))
+    used = int(previous.targets[rows].sum())  # whole segments: the cap may take a few targets more
+    per = _per_target_grads(model, space, s, used, 0.8)
+    fisher = [np.mean([g[i] ** 2 for g in per], axis=0) for i in range(len(per[0]))]
     assert len(strat.fisher) == len(fisher) == 2 * len(lora_layers(model))
     for got, want in zip(strat.fisher, fisher, strict=True):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-12)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-12)
     assert sum(float(f.sum()) for f in strat.fisher) > 0
 
     assert strat.extra_loss(model, None).item() == 0.0
@@ -262,7 +262,7 @@ def test_ewc_fisher_and_penalty_by_hand(tiny_lora, batch_size):
 def test_ewc_restores_training_mode_and_leaves_no_grads(tiny_lora, packed):
     model, _, _ = tiny_lora
     model.train()
-    strat = create("ewc", _cfg())
+    strat = create("ewc")
     strat.setup_block(model, 1, BlockData(packed, packed, 8))
     assert model.training
     assert all(p.grad is None for p in model.parameters())
@@ -273,8 +273,8 @@ def test_ewc_restores_training_mode_and_leaves_no_grads(tiny_lora, packed):
 
 def test_peso_all_is_the_mean_of_the_peso_terms_of_every_past_adapter(tiny_lora):
     model, _, _ = tiny_lora
-    strat = create("peso-all", _cfg(lam=2.0))
-    first, second = create("peso", _cfg(lam=2.0)), create("peso", _cfg(lam=2.0))
+    strat = create(_cfg("peso-all", lam=2.0))
+    first, second = create(_cfg("peso", lam=2.0)), create(_cfg("peso", lam=2.0))
     strat.setup_block(model, 1, None)
     first.setup_block(model, 1, None)
     assert strat.extra_loss(model, None).item() == 0.0
@@ -292,7 +292,7 @@ def test_peso_all_is_the_mean_of_the_peso_terms_of_every_past_adapter(tiny_lora)
 
 def test_peso_all_exports_every_past_anchor_and_grows_by_one_adapter_per_block(tiny_lora, tmp_path):
     model, _, _ = tiny_lora
-    strat, peso = create("peso-all", _cfg()), create("peso", _cfg())
+    strat, peso = create("peso-all"), create("peso")
     starts, extra = [], []
     for block in (1, 2, 3):
         strat.setup_block(model, block, None)

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import yaml
 
 from peso.cli import main
-from peso.config import RunConfig, load_config
+from peso.config import load_config
 from peso.data.samples import BlockSamples
-from peso.runner import prepare
+from peso.dataset import prepare
 from peso.strategies import create
-from peso.strategies.base import Catalogue
+from peso.strategies.base import Catalogue, RunContext
 from peso.strategies.sasrec import SASRec, masked_ce, windows
 from tests.conftest import CDS
 
@@ -144,15 +144,18 @@ def small_world(seed: int = 0):
     return Catalogue(sid, 20, int(sid.max()) + 1, known), [b0, b1]
 
 
-def cfg(**sasrec) -> RunConfig:
+CONTEXT = RunContext(history=4)
+
+
+def cfg(name: str, **sasrec) -> dict:
     settings = {"hidden": 16, "layers": 1, "heads": 2, "epochs": 3, "continual_epochs": 2, "batch_size": 8}
-    return RunConfig.model_validate({"data": {"path": ".", "history": 4}, "sasrec": {**settings, **sasrec}})
+    return {"name": name, **settings, **sasrec}
 
 
 @pytest.mark.parametrize("name", ["sasrec-finetune", "sasrec-retrain"])
 def test_new_items_untrained_and_unranked_until_they_appear(name):
     cat, blocks = small_world()
-    m = create(name, cfg())
+    m = create(cfg(name), CONTEXT)
     m.start(0, cat)
     init = m._new_model(0).items.weight.detach().clone()  # what start + block 0 initialise
     seconds = m.fit_block(0, blocks[0])
@@ -180,7 +183,7 @@ def test_finetune_continues_and_retrain_restarts():
     cat, blocks = small_world()
     runs = {}
     for name in ("sasrec-finetune", "sasrec-retrain"):
-        m = create(name, cfg())
+        m = create(cfg(name), CONTEXT)
         m.start(0, cat)
         m.fit_block(0, blocks[0])
         after0 = {k: v.clone() for k, v in m.model.state_dict().items()}
@@ -192,7 +195,7 @@ def test_finetune_continues_and_retrain_restarts():
         torch.testing.assert_close(v, runs["sasrec-retrain"][0][k], rtol=0, atol=0)
     assert runs["sasrec-finetune"][1] and not runs["sasrec-retrain"][1]
     # deterministic: a second start reproduces the ranking
-    m = create("sasrec-finetune", cfg())
+    m = create(cfg("sasrec-finetune"), CONTEXT)
     m.start(0, cat)
     m.fit_block(0, blocks[0])
     m.fit_block(1, blocks[1])
@@ -204,8 +207,13 @@ def test_sasrec_through_peso_run(tmp_path):
     config = {
         "data": {"path": str(CDS), "max_users": 24, "blocks": [0, 1, 2]},
         "decode": {"top_k": 10},
-        "sasrec": {"hidden": 16, "layers": 1, "epochs": 2, "continual_epochs": 1, "batch_size": 32},
-        "methods": ["popular", "sasrec-finetune", "sasrec-retrain"],
+        "methods": [
+            "popular",
+            *(
+                {"name": m, "hidden": 16, "layers": 1, "epochs": 2, "continual_epochs": 1, "batch_size": 32}
+                for m in ("sasrec-finetune", "sasrec-retrain")
+            ),
+        ],
         "seeds": [0],
     }
     path.write_text(yaml.safe_dump(config))

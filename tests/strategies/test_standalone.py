@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from peso.config import RunConfig
 from peso.data.samples import BlockSamples
 from peso.strategies import create
 from peso.strategies.base import Catalogue, top_groups
-
-CFG = RunConfig.model_validate({"data": {"path": "."}})
 
 
 def brute_force(scores: np.ndarray, cat: Catalogue, t: int, k: int) -> np.ndarray:
@@ -71,7 +68,7 @@ def test_popular_ranks_groups_by_training_count_ties_by_id():
     # the last two are valid and test
     seq = np.array([5, 1, 2, 1, 3, 3, 0, 4, 4])
     s = BlockSamples(0, ["u"], [seq], np.zeros(1, dtype=np.int64), 3)
-    m = create("popular", CFG)
+    m = create("popular")
     m.start(0, cat)
     assert m.fit_block(0, s) is None
     # group 4 (item 5) never a training target: count 0, still known; group 3 (item 4) unknown at t=0

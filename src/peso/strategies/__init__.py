@@ -1,4 +1,5 @@
-"""Strategies: PESO and the baselines, one short class each, in a registry keyed by name."""
+"""Strategies: PESO and the baselines, one short class each with its own settings, in a registry keyed by
+name."""
 
 from peso.strategies import (  # noqa: F401  (registers them)
     cumulative,
@@ -13,6 +14,28 @@ from peso.strategies import (  # noqa: F401  (registers them)
     sasrec,
     single,
 )
-from peso.strategies.base import REGISTRY, AdapterStrategy, Method, StandaloneMethod, create
+from peso.strategies.base import (
+    REGISTRY,
+    AdapterStrategy,
+    Block,
+    BlockData,
+    Method,
+    RunContext,
+    StandaloneMethod,
+    State,
+    create,
+    method_settings,
+)
 
-__all__ = ["REGISTRY", "AdapterStrategy", "Method", "StandaloneMethod", "create"]
+__all__ = [
+    "REGISTRY",
+    "AdapterStrategy",
+    "Block",
+    "BlockData",
+    "Method",
+    "RunContext",
+    "StandaloneMethod",
+    "State",
+    "create",
+    "method_settings",
+]

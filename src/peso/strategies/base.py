@@ -1,24 +1,31 @@
-"""The strategy interface and registry.
+"""The method interface and registry.
 
-A method is either an *adapter strategy* (adapts the shared LLM block by block; hooks below, in the spirit
-of PEFT's LoRA variants) or a *standalone* recommender that needs no backbone (e.g. `popular`). Methods are
-registered by name and chosen with `methods: [...]` in the config.
+A method is a short class with its own typed settings (`Settings`, a `MethodSettings`), registered by name
+and chosen in `methods: [...]`. It is either an *adapter strategy*, which adapts the shared LLM block by
+block through `run_block` (hooks below, in the spirit of PEFT's LoRA variants), or a *standalone*
+recommender that needs no backbone (e.g. `popular`). A method receives its own settings and the few
+run-wide values it needs (`RunContext`), never the whole run configuration.
+
+What a method carries from one block to the next beyond the model's parameters (anchors, past adapters,
+bases, a standalone model) is its `State`: tensors for safetensors and JSON for the rest. With the
+parameters and the RNG states it makes up the block state that resume and the live path continue from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from peso.config import RunConfig
 from peso.data.samples import BlockSamples
-from peso.errors import PesoError
 from peso.pack import Packed, Step
+from peso.params import ParamSets
+from peso.settings import MethodSettings
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -30,10 +37,49 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def create(name: str, cfg: RunConfig) -> Method:
+def method_settings(entry: Any, where: str = "methods") -> MethodSettings:
+    """A `methods:` entry (a name, or a mapping with `name` and the method's settings) as its typed
+    settings; a ValueError names the entry, the method and the key."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ValueError(f"{where}: {entry!r} is neither a method name nor a mapping with 'name'")
+    name = entry["name"]
     if name not in REGISTRY:
-        raise PesoError("methods", f"unknown method '{name}'", f"choose from {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](cfg)
+        raise ValueError(f"{where}: unknown method '{name}' (choose from {', '.join(sorted(REGISTRY))})")
+    cls = REGISTRY[name].Settings
+    try:
+        return cls.model_validate(entry)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        problem = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
+        known = ", ".join(f for f in cls.model_fields if f != "name")
+        raise ValueError(f"{where} ({name}): '{key}': {problem} (its settings: {known})") from None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run-wide values a method may need."""
+
+    temperature: float = 0.8  # of the training cross-entropy (train.temperature)
+    autocast: bool = False  # bf16 autocast in training (train.autocast)
+    batch_size: int = 64  # targets per training batch (train.batch_size)
+    history: int = 20  # items of history before each target (data.history)
+
+
+def create(entry: Any, context: RunContext | None = None) -> Method:
+    """A method from a `methods:` entry or its settings."""
+    settings = entry if isinstance(entry, MethodSettings) else method_settings(entry)
+    return REGISTRY[settings.name](settings, context or RunContext())
+
+
+@dataclass
+class State:
+    """A method's own state between blocks: tensors (safetensors) and plain values (JSON)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def save_adapter(model: torch.nn.Module, out_dir: Path) -> int:
@@ -42,6 +88,20 @@ def save_adapter(model: torch.nn.Module, out_dir: Path) -> int:
     # (resized) embedding matrices into every block's adapter: ~500 MB each for a 1B model
     model.save_pretrained(out_dir, save_embedding_layers=False)
     return sum(f.stat().st_size for f in out_dir.iterdir() if f.suffix == ".safetensors")
+
+
+class Method:
+    name: ClassVar[str]
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    uses_backbone: ClassVar[bool]
+
+    def __init__(self, settings: MethodSettings, context: RunContext) -> None:
+        self.settings, self.context = settings, context
+
+    @property
+    def label(self) -> str:
+        """Its name in results and folders (a λ sweep lists one method under several labels)."""
+        return self.settings.key
 
 
 @dataclass
@@ -62,20 +122,36 @@ class BlockData:
         yield from np.split(rows, np.flatnonzero(np.diff(before[rows] // self.batch_size)) + 1)
 
 
-class Method:
-    name: ClassVar[str]
-    uses_backbone: ClassVar[bool]
+# train(model, train data, validation data, extra_loss, continual) -> the block's training report
+Trainer = Callable[..., Any]
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
+
+@dataclass
+class Block:
+    """One continual block t as a strategy sees it."""
+
+    t: int
+    data: BlockData  # this block's training data and the previous block's
+    valid: Packed  # this block's validation targets
+    earlier: list[Packed]  # training data of blocks 0..t-1 (retraining reads them)
+    train: Trainer  # the run's training loop: train(model, train, valid, extra_loss=..., continual=...)
+    params: ParamSets  # "block0": what block 0 trains; snapshot "init": the block-0 starting point
 
 
 class AdapterStrategy(Method):
-    """Continual adaptation of one LoRA adapter. Block 0 is shared by all strategies of a seed."""
+    """Continual adaptation of one LoRA adapter. Block 0 is shared by all strategies of a seed; each block
+    after it runs through `run_block`: set up, train with the extra term, finish."""
 
     uses_backbone = True
-    trains: ClassVar[bool] = True  # False: evaluated with the block-0 model, never updated
-    retrains: ClassVar[bool] = False  # True: the runner retrains from scratch on blocks 0..t (no hooks)
+
+    def run_block(self, model: torch.nn.Module, block: Block) -> Any:
+        """Adapt the model to block t; returns the training report (None: nothing trained)."""
+        self.setup_block(model, block.t, block.data)
+        report = block.train(
+            model, block.data.current, block.valid, extra_loss=self.extra_loss, continual=True
+        )
+        self.end_block(model, block.t)
+        return report
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         """Before training block `block` (>= 1): take anchors, add modules, estimate a Fisher, etc."""
@@ -89,8 +165,16 @@ class AdapterStrategy(Method):
         """After the best epoch of block `block` is restored."""
 
     def export(self, model: torch.nn.Module, out_dir: Path) -> int:
-        """Save the adapter state after a block; returns the bytes of its weights."""
+        """Save the adapter state after a block for users; returns the bytes of its weights."""
         return save_adapter(model, out_dir)
+
+    def state(self, model: torch.nn.Module) -> State:
+        """What the strategy carries into the next block beyond the model's parameters."""
+        return State()
+
+    def load_state(self, model: torch.nn.Module, state: State) -> None:
+        """Continue from a saved `state` on a model at the block-0 parameters: add what `setup_block` would
+        have added (modules, anchors); the parameters themselves are loaded after."""
 
     def teardown(self, model: torch.nn.Module) -> None:
         """After the method's last block: remove whatever it added, so the next method starts clean."""
@@ -142,8 +226,8 @@ def top_groups(
 
 class StandaloneMethod(Method):
     """A recommender without the LLM: fit on a block's training targets, rank semantic-ID groups over the
-    items known so far (`top_groups`). The runner calls `start` once per seed, then per block position t
-    `fit_block` and `rank`."""
+    items known so far (`top_groups`). Per seed: `start`, then per block position t `fit_block` and
+    `rank`; `state` / `load_state` carry it across a resume."""
 
     uses_backbone = False
     # optional, set by fit_block for results.csv: the best epoch, and the targets per epoch it trained on
@@ -163,3 +247,10 @@ class StandaloneMethod(Method):
         """(len(s), k) semantic-ID groups best first for each user's test target (history =
         `s.window(u, s.test_position(u))`), -1 padding if fewer."""
         raise NotImplementedError
+
+    def state(self) -> State:
+        """Everything `fit_block` and `rank` of the next block need, after block t."""
+        return State()
+
+    def load_state(self, state: State, blocks: list[BlockSamples]) -> None:
+        """Continue after `start` from a saved `state`; `blocks`: the samples of blocks 0..t."""

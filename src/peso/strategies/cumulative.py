@@ -12,9 +12,13 @@ The past adapters of a LoRA layer live in a `PastAdapters` child of that layer, 
 forward hook; SD-LoRA's magnitudes are parameters of that child, so the optimizer, the best-epoch restore
 and `peso.model.merged` all see them.
 
-Settings come from `cfg.baselines`: `sdlora_magnitude_init` (the magnitudes' start, 1 as the paper) and
-`inflora_energy` / `inflora_targets` (how much of earlier inputs' energy the protected basis covers, and from
-how many training targets it is estimated).
+Settings: SD-LoRA's `magnitude_init` (the magnitudes' start, 1 as the paper); InfLoRA's `energy` / `targets`
+(how much of earlier inputs' energy the protected basis covers, and from how many training targets it is
+estimated).
+
+Deviations from the official code: SD-LoRA's older past adapters keep their learned magnitudes from block to
+block, and a newly frozen one starts at `magnitude_init` (the official code re-initialises none of them); the
+past adapters live in the LoRA layers' forward hooks rather than in separate PEFT adapters.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from safetensors.torch import save_file
 from torch import nn
 
-from peso.config import RunConfig
 from peso.model import lora_layers
-from peso.strategies.base import AdapterStrategy, BlockData, register, save_adapter
-from peso.train import forward_targets
+from peso.pack import forward_targets
+from peso.settings import MethodSettings
+from peso.strategies.base import AdapterStrategy, BlockData, RunContext, State, register, save_adapter
 
 CHILD = "cumulative_past"  # attribute name of the PastAdapters child on each LoRA layer (no "lora_": PEFT
 # filters its state dicts by that prefix, and these tensors are saved by `export` instead)
@@ -54,7 +59,7 @@ class PastAdapters(nn.Module):
         self.register_buffer("A", a.new_zeros(0, *a.shape), persistent=False)  # (n, r, in)
         self.register_buffer("B", b.new_zeros(0, *b.shape), persistent=False)  # (n, out, r)
         self.magnitudes = nn.Parameter(a.new_zeros(0)) if magnitudes else None  # m_i, one per past adapter
-        self.init = init  # start of m and of each newly frozen m_i (cfg.baselines.sdlora_magnitude_init)
+        self.init = init  # start of m and of each newly frozen m_i (SD-LoRA's magnitude_init)
         self.current = nn.Parameter(a.new_full((), init)) if magnitudes else None  # m of the current adapter
         self.folded = False  # True while `merged` holds this term in the base weight: the hook adds nothing
         self.handles = [layer.register_forward_hook(self._add)]
@@ -119,6 +124,15 @@ class PastAdapters(nn.Module):
             out[f"{prefix}.current"] = self.current.detach().reshape(1)
         return {k: v.contiguous().cpu() for k, v in out.items()}
 
+    def load(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        """The past adapters (and magnitudes) that `tensors` saved under `prefix`."""
+        device = self.A.device
+        self.A, self.B = tensors[f"{prefix}.A"].to(device), tensors[f"{prefix}.B"].to(device)
+        if self.magnitudes is not None:
+            self.magnitudes = nn.Parameter(tensors[f"{prefix}.magnitudes"].to(device).clone())
+            with torch.no_grad():
+                self.current.copy_(tensors[f"{prefix}.current"].reshape(()))
+
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Name -> PEFT LoRA layer, for every module adapted by the "default" adapter."""
@@ -134,17 +148,22 @@ class Cumulative(AdapterStrategy):
     normalise: ClassVar[bool] = True  # past adapters enter Frobenius-normalised (SumLoRA, SD-LoRA)
     magnitudes: ClassVar[bool] = False  # learnable magnitudes (SD-LoRA)
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: MethodSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
         self.past: dict[str, PastAdapters] = {}
         self.requires_grad: dict[str, bool] = {}  # the model's flags before the first block, for teardown
 
-    def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
-        layers = lora_modules(model)
+    def _attach(self, model: torch.nn.Module) -> None:
+        """A PastAdapters child on every LoRA layer, once."""
         if not self.past:
             self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-            init = self.cfg.baselines.sdlora_magnitude_init
+            init = getattr(self.settings, "magnitude_init", 1.0)
+            layers = lora_modules(model)
             self.past = {name: PastAdapters(layer, self.magnitudes, init) for name, layer in layers.items()}
+
+    def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
+        layers = lora_modules(model)
+        self._attach(model)
         for name, layer in layers.items():
             a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
             self.past[name].push(a, b, self.normalise, self.keep_latest)
@@ -155,14 +174,31 @@ class Cumulative(AdapterStrategy):
         if not self.inherit:
             layer.reset_lora_parameters("default", True)  # PEFT's own init: A kaiming-uniform, B = 0
 
-    def export(self, model: torch.nn.Module, out_dir: Path) -> int:
-        nbytes = save_adapter(model, out_dir)  # counts the PEFT files only: written before ours
+    def _tensors(self) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         for name, past in self.past.items():
             tensors.update(past.tensors(name))
+        return tensors
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> int:
+        nbytes = save_adapter(model, out_dir)  # counts the PEFT files only: written before ours
         path = out_dir / "past_adapters.safetensors"
-        save_file(tensors, str(path))
+        save_file(self._tensors(), str(path))
         return nbytes + path.stat().st_size
+
+    def state(self, model: torch.nn.Module) -> State:
+        # which parameters train (InfLoRA fixes A): restored with the rest
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        return State(self._tensors(), {"requires_grad": flags, "before": self.requires_grad})
+
+    def load_state(self, model: torch.nn.Module, state: State) -> None:
+        self._attach(model)
+        self.requires_grad = dict(state.meta["before"])
+        for name, past in self.past.items():
+            past.load(state.tensors, name)
+        flags = state.meta["requires_grad"]
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
 
     def teardown(self, model: torch.nn.Module) -> None:
         layers = lora_modules(model)
@@ -196,27 +232,40 @@ class SumLoraLatestInherit(Cumulative):
     keep_latest = inherit = True
 
 
+class SdLoraSettings(MethodSettings):
+    magnitude_init: float = Field(
+        1.0,
+        gt=0,
+        description="start value of the current adapter's magnitude and of each newly frozen past adapter's "
+        "(1: the paper); older past adapters keep their learned magnitudes",
+    )
+
+
 @register
 class SdLoraAll(Cumulative):
     name = "sdlora-all"
+    Settings = SdLoraSettings
     magnitudes = True
 
 
 @register
 class SdLoraLatest(Cumulative):
     name = "sdlora-latest"
+    Settings = SdLoraSettings
     magnitudes = keep_latest = True
 
 
 @register
 class SdLoraAllInherit(Cumulative):
     name = "sdlora-all-inherit"
+    Settings = SdLoraSettings
     magnitudes = inherit = True
 
 
 @register
 class SdLoraLatestInherit(Cumulative):
     name = "sdlora-latest-inherit"
+    Settings = SdLoraSettings
     magnitudes = keep_latest = inherit = True
 
 
@@ -295,31 +344,55 @@ def extend_basis(basis: torch.Tensor, gram: torch.Tensor, energy: float, keep_fr
     return torch.cat([basis, dirs[:, :k]], dim=1)
 
 
+class InfLoraSettings(MethodSettings):
+    energy: float = Field(
+        0.97,
+        gt=0,
+        le=1,
+        description="share of earlier blocks' layer-input energy the protected basis covers "
+        "(GPM / InfLoRA use 0.95-0.99; higher protects more and leaves fewer free directions)",
+    )
+    targets: int = Field(
+        512, ge=1, description="training targets per block whose layer inputs estimate the subspace"
+    )
+
+
 @register
 class InfLora(Cumulative):
     """Each block's A spans the current inputs' dominant directions outside earlier blocks' input subspace;
-    only B trains (from 0); past adapters are summed as they are."""
+    only B trains (from 0); past adapters are summed as they are. Not in the released code: built from the
+    InfLoRA paper (Liang & Li, CVPR 2024), with the inputs' Gram matrices in place of its input matrices."""
 
     name = "inflora"
+    Settings = InfLoraSettings
     normalise = False
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: InfLoraSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
         self.basis: dict[str, torch.Tensor] = {}  # per layer, orthonormal (in, k) basis of earlier inputs
         self.grams: dict[str, torch.Tensor] = {}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the model as it stands: the end of block t-1 (its default adapter not yet frozen, the same function)
-        settings = self.cfg.baselines  # inflora_energy, inflora_targets
-        previous = input_grams(model, data, "previous", settings.inflora_targets)
-        self.grams = input_grams(model, data, "current", settings.inflora_targets)
+        st = self.settings
+        previous = input_grams(model, data, "previous", st.targets)
+        self.grams = input_grams(model, data, "current", st.targets)
         for name, layer in lora_modules(model).items():
             a = layer.lora_A["default"].weight
             g = previous[name].to(_linalg_dtype(previous[name]))
             basis = self.basis.get(name, g.new_zeros(g.shape[0], 0))
-            self.basis[name] = extend_basis(basis, g, settings.inflora_energy, keep_free=a.shape[0])
+            self.basis[name] = extend_basis(basis, g, st.energy, keep_free=a.shape[0])
         super().setup_block(model, block, data)
         self.grams = {}
+
+    def state(self, model: torch.nn.Module) -> State:
+        state = super().state(model)
+        state.tensors.update({f"basis.{n}": b.contiguous().cpu() for n, b in self.basis.items()})
+        return state
+
+    def load_state(self, model: torch.nn.Module, state: State) -> None:
+        super().load_state(model, state)
+        self.basis = {k.removeprefix("basis."): v for k, v in state.tensors.items() if k.startswith("basis.")}
 
     def new_adapter(self, name: str, layer: nn.Module) -> None:
         a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight

@@ -31,13 +31,33 @@ import time
 import numpy as np
 import scipy.sparse as sp
 import torch
+from pydantic import Field
 from torch import nn
 
 from peso.data.samples import BlockSamples
 from peso.progress import check_finite, note
-from peso.strategies.base import Catalogue, StandaloneMethod, register, top_groups
+from peso.settings import MethodSettings
+from peso.strategies.base import Catalogue, StandaloneMethod, State, register, top_groups
 
 INIT_STD = 0.01  # PISA's init_weights: every embedding N(0, 0.01)
+
+
+class LightGCNSettings(MethodSettings):
+    """Defaults as in the PISA repository (github.com/hsyoo32/pisa: README, _tester.py, argparse defaults)
+    except the epochs, batch size and learning rate, which are sized for CPU runs."""
+
+    dim: int = Field(64, ge=1, description="embedding size")
+    layers: int = Field(2, ge=0, description="LightGCN propagation layers")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate (the repository: 1e-3 at batch 1024)")
+    l2: float = Field(1e-5, ge=0, description="Adam weight decay")
+    batch_size: int = Field(4096, ge=1, description="interactions per step (the repository: 1024; CPU speed)")
+    negatives: int = Field(4, ge=1, description="BPR negatives per positive")
+    epochs: int = Field(
+        20, ge=1, description="epochs of block 0 (the repository: up to 500, early-stopped on validation)"
+    )
+    continual_epochs: int = Field(
+        15, ge=1, description="epochs of each later block and of PISA's forward model (the repo: <= 500)"
+    )
 
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -115,10 +135,11 @@ class LightGCNFinetune(StandaloneMethod):
     `setup_block` (frozen reference models), `before_epoch` (k-means) and `extra_loss`."""
 
     name = "lightgcn-finetune"
+    Settings = LightGCNSettings
 
     def start(self, seed: int, catalogue: Catalogue) -> None:
         super().start(seed, catalogue)
-        g = self.cfg.graph
+        g = self.settings
         torch.manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.rows: dict[str, int] = {}  # user id -> embedding row
@@ -165,7 +186,7 @@ class LightGCNFinetune(StandaloneMethod):
     def fit_block(self, t: int, s: BlockSamples) -> float | None:
         start = time.perf_counter()
         users, items = self.prepare_block(t, s)
-        g = self.cfg.graph
+        g = self.settings
         self.train(t, users, items, g.epochs if t == 0 else g.continual_epochs)
         self.trained_targets = len(users)
         return time.perf_counter() - start
@@ -179,7 +200,7 @@ class LightGCNFinetune(StandaloneMethod):
 
     def train(self, t: int, users: np.ndarray, items: np.ndarray, epochs: int) -> float:
         """Adam over `epochs` shuffled passes; returns the mean loss of the last epoch."""
-        g = self.cfg.graph
+        g = self.settings
         opt = torch.optim.Adam(self.trainable(), lr=g.lr, weight_decay=g.l2)
         u_all, i_all = torch.as_tensor(users), torch.as_tensor(items)
         last = float("nan")
@@ -205,7 +226,7 @@ class LightGCNFinetune(StandaloneMethod):
     def negatives(self, t: int, n: int) -> torch.Tensor:
         """(n, negatives) items drawn uniformly from those known at t."""
         known = torch.as_tensor(self.catalogue.known[t])
-        return known[torch.randint(len(known), (n, self.cfg.graph.negatives), generator=self.gen)]
+        return known[torch.randint(len(known), (n, self.settings.negatives), generator=self.gen)]
 
     def loss(self, t: int, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """BPR plus the variant's extra term for one batch."""
@@ -222,6 +243,31 @@ class LightGCNFinetune(StandaloneMethod):
         with torch.no_grad():
             users, items = self.model(self.graph)
         return users.clone(), items.clone()
+
+    def state(self) -> State:
+        tensors = {
+            "user": self.model.user.detach(),
+            "item": self.model.item.detach(),
+            "known": torch.from_numpy(self.known),
+            "hist_users": torch.from_numpy(self.hist[0]),
+            "hist_items": torch.from_numpy(self.hist[1]),
+            "pair_users": torch.from_numpy(self.pairs[0]),
+            "pair_items": torch.from_numpy(self.pairs[1]),
+            "generator": self.gen.get_state(),
+        }
+        return State({k: v.contiguous() for k, v in tensors.items()}, {"users": list(self.rows)})
+
+    def load_state(self, state: State, blocks: list[BlockSamples]) -> None:
+        t = state.tensors
+        self.rows = {u: k for k, u in enumerate(state.meta["users"])}
+        self.model.user = nn.Parameter(t["user"].clone())
+        with torch.no_grad():
+            self.model.item.copy_(t["item"])
+        self.known = t["known"].numpy().copy()
+        self.hist = (t["hist_users"].numpy().copy(), t["hist_items"].numpy().copy())
+        self.pairs = (t["pair_users"].numpy().copy(), t["pair_items"].numpy().copy())
+        self.gen.set_state(t["generator"])
+        self.graph = normalized_adjacency(*self.pairs, len(self.rows), self.catalogue.n_items)
 
     def rank(self, t: int, s: BlockSamples, k: int) -> np.ndarray:
         with torch.no_grad():

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from peso.model import lora_layers
 from peso.pack import Step
-from peso.strategies.base import AdapterStrategy, BlockData, register
+from peso.settings import MethodSettings
+from peso.strategies.base import AdapterStrategy, BlockData, RunContext, register
 
 
 def softmax_kl(current: torch.Tensor, anchor_logp: torch.Tensor) -> torch.Tensor:
@@ -37,24 +39,26 @@ def proximal_term(
     return torch.stack(terms).mean()
 
 
+class PesoSettings(MethodSettings):
+    lam: float = Field(5.0, ge=0, description="lambda, weight of the softmax-KL proximal term")
+    tau: float = Field(
+        1.0, gt=0, description="softmax temperature on the adapter entries, softmax(v / tau); 1 = the paper"
+    )
+
+
 @register
 class Peso(AdapterStrategy):
     name = "peso"
+    Settings = PesoSettings
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.lam, self.tau = cfg.peso.lam, cfg.peso.tau
+    def __init__(self, settings: PesoSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.lam, self.tau = settings.lam, settings.tau
         self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
-        self.anchors = {
-            name: (
-                F.log_softmax(a.detach().reshape(-1).double() / self.tau, 0),
-                F.log_softmax(b.detach().reshape(-1).double() / self.tau, 0),
-            )
-            for name, a, b in lora_layers(model)
-        }
+        self.anchors = anchors(model, self.tau)
 
     def extra_loss(self, model: torch.nn.Module, step: Step) -> torch.Tensor | None:
         if not self.anchors or self.lam == 0:
@@ -62,11 +66,12 @@ class Peso(AdapterStrategy):
         return (self.lam * proximal_term(model, self.anchors, self.tau)).float()
 
 
-def sweep(cfg) -> list[Peso]:
-    """One PESO per lambda of `peso.sweep`, named peso[lam=X], to run beside the others."""
-    out = []
-    for lam in cfg.peso.sweep:
-        m = Peso(cfg)
-        m.lam, m.name = lam, f"peso[lam={lam:g}]"
-        out.append(m)
-    return out
+def anchors(model: torch.nn.Module, tau: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per adapted module, log-softmax(vec A / tau) and log-softmax(vec B / tau) of the adapter as it is."""
+    return {
+        name: (
+            F.log_softmax(a.detach().reshape(-1).double() / tau, 0),
+            F.log_softmax(b.detach().reshape(-1).double() / tau, 0),
+        )
+        for name, a, b in lora_layers(model)
+    }

@@ -29,9 +29,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from peso.strategies.base import register
-from peso.strategies.lightgcn import LightGCNFinetune
+from peso.strategies.lightgcn import LightGCNFinetune, LightGCNSettings
 
 EPS = 1e-10  # PISA's DEFAULT_EPS inside the logs of the JS divergence
 
@@ -128,6 +129,17 @@ def info_nce(
     return (loss * weights).mean() if weights is not None else loss.mean()
 
 
+class ContinualGraphSettings(LightGCNSettings):
+    clusters: int = Field(20, ge=1, description="k-means clusters of item embeddings")
+    kmeans_iters: int = Field(100, ge=1, description="most Lloyd iterations of each k-means")
+    temperature: float = Field(0.5, gt=0, description="InfoNCE temperature tau")
+
+
+class PisaSettings(ContinualGraphSettings):
+    alpha: float = Field(0.5, ge=0, description="alpha, weight of the plasticity/stability terms")
+    ratio: float = Field(0.2, gt=0, le=1, description="L, top/bottom share of users selected")
+
+
 class ContinualGraph(LightGCNFinetune):
     """Shared by PISA and Contrastive+PIW: the previous model's frozen embeddings, the history
     neighbourhoods and per-epoch k-means of the current item embeddings."""
@@ -143,7 +155,7 @@ class ContinualGraph(LightGCNFinetune):
 
     def before_epoch(self, t: int) -> None:
         if t > 0:
-            g = self.cfg.graph
+            g = self.settings
             with torch.no_grad():
                 _, items = self.model(self.graph)
                 points = items[torch.as_tensor(self.catalogue.known[t])]
@@ -158,6 +170,7 @@ class ContinualGraph(LightGCNFinetune):
 @register
 class Pisa(ContinualGraph):
     name = "pisa"
+    Settings = PisaSettings
 
     def setup_block(self, t: int, users: np.ndarray, items: np.ndarray) -> None:
         super().setup_block(t, users, items)
@@ -165,7 +178,7 @@ class Pisa(ContinualGraph):
         if t == 0:
             return
         start = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.train(t, users, items, self.cfg.graph.continual_epochs)  # plain fine-tuning: the forward model
+        self.train(t, users, items, self.settings.continual_epochs)  # plain fine-tuning: the forward model
         self.forward_emb = self.snapshot()
         with torch.no_grad():
             for n, p in self.model.named_parameters():
@@ -184,10 +197,10 @@ class Pisa(ContinualGraph):
         old = self.old(u)
         if len(old) == 0 or not self.item_hist.has(pos.unique().numpy()).any():  # as the repository
             return None
-        g, (prev_u, prev_i), (fwd_u, fwd_i) = self.cfg.graph, self.prev, self.forward_emb
+        g, (prev_u, prev_i), (fwd_u, fwd_i) = self.settings, self.prev, self.forward_emb
         tau = g.temperature
         now = users[old]
-        plastic, stable = select(shift_weights(now, prev_u[old], self.centroids), g.pisa_ratio)
+        plastic, stable = select(shift_weights(now, prev_u[old], self.centroids), g.ratio)
         loss = info_nce(fwd_u[old], now, weights=plastic, tau=tau)
         loss = loss + info_nce(prev_u[old], now, weights=stable, tau=tau)
         # plasticity on neighbours: every batch user's block-t items under the forward model
@@ -202,4 +215,4 @@ class Pisa(ContinualGraph):
         neigh, owner = self.user_hist.gather(old.numpy())
         owner_t = torch.as_tensor(owner)
         loss = loss + info_nce(prev_i[torch.as_tensor(neigh)], now, owner_t, stable[owner_t], tau)
-        return g.pisa_alpha * loss
+        return g.alpha * loss

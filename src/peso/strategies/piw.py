@@ -27,10 +27,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from peso.strategies.base import Catalogue, register
-from peso.strategies.pisa import ContinualGraph, info_nce
+from peso.data.samples import BlockSamples
+from peso.strategies.base import Catalogue, State, register
+from peso.strategies.pisa import ContinualGraph, ContinualGraphSettings, info_nce
 
 INIT_STD = 0.01
 
@@ -56,9 +58,15 @@ class ImportanceWeight(nn.Module):
         return F.softplus(self.mlp(shift)).squeeze(1)
 
 
+class PiwSettings(ContinualGraphSettings):
+    weight: float = Field(0.1, ge=0, description="weight of the distillation terms")
+    hidden: int = Field(50, ge=1, description="hidden units of the weighting MLP")
+
+
 @register
 class ContrastivePiw(ContinualGraph):
     name = "contrastive-piw"
+    Settings = PiwSettings
 
     def start(self, seed: int, catalogue: Catalogue) -> None:
         super().start(seed, catalogue)
@@ -67,8 +75,22 @@ class ContrastivePiw(ContinualGraph):
     def setup_block(self, t: int, users: np.ndarray, items: np.ndarray) -> None:
         super().setup_block(t, users, items)
         if t > 0 and self.piw is None:
-            g = self.cfg.graph
-            self.piw = ImportanceWeight(g.clusters, g.dim, g.piw_hidden, self.gen)
+            g = self.settings
+            self.piw = ImportanceWeight(g.clusters, g.dim, g.hidden, self.gen)
+
+    def state(self) -> State:
+        state = super().state()
+        if self.piw is not None:  # carried from block to block
+            state.tensors.update({f"piw.{k}": v.contiguous() for k, v in self.piw.state_dict().items()})
+        return state
+
+    def load_state(self, state: State, blocks: list[BlockSamples]) -> None:
+        super().load_state(state, blocks)
+        piw = {k.removeprefix("piw."): v for k, v in state.tensors.items() if k.startswith("piw.")}
+        if piw:
+            g = self.settings
+            self.piw = ImportanceWeight(g.clusters, g.dim, g.hidden, torch.Generator())
+            self.piw.load_state_dict(piw)
 
     def trainable(self) -> list[nn.Parameter]:
         """Embeddings plus, from block 1, the PIW module (one Adam over both, as the repository)."""
@@ -85,7 +107,7 @@ class ContrastivePiw(ContinualGraph):
         pos_old = pos_old[torch.as_tensor(self.item_hist.has(pos_old.numpy()))]
         if len(old) == 0 or len(pos_old) == 0:  # as the repository: no term without both
             return None
-        g, (prev_u, prev_i) = self.cfg.graph, self.prev
+        g, (prev_u, prev_i) = self.settings, self.prev
         tau, now = g.temperature, users[old]
         w = self.piw(now, prev_u[old], self.centroids)
         loss = info_nce(prev_u[old], now, weights=w, tau=tau)
@@ -97,4 +119,4 @@ class ContrastivePiw(ContinualGraph):
         loss = loss + info_nce(
             prev_u[torch.as_tensor(neigh)], items[pos_old], torch.as_tensor(owner), tau=tau
         )
-        return g.piw_weight * loss
+        return g.weight * loss

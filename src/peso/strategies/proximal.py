@@ -4,7 +4,8 @@ adapter inherited from the last block (as PESO does) and anchors to it as it is 
 l2          lam * mean_m ( ||A - A_prev||_F + ||B - B_prev||_F )                (Frobenius norms, not squared)
 orthogonal  lam * mean_m ( ||A A_prev^T||_F^2 + ||B^T B_prev||_F^2 )           (O-LoRA style)
 output-kl   lam * mean over target tokens of KL(p_current || p_previous)          (function space)
-ewc         lam * sum_i F_i (theta_i - theta_prev_i)^2 / 2 over LoRA A/B entries   (Fisher of the last block)
+ewc         lam * sum_i F_i (theta_i - theta_prev_i)^2 / 2 over LoRA A/B entries   (Fisher of the last block,
+            from per-target gradients)
 peso-all    PESO's softmax-KL averaged over the adapters at the start of every block 1..t (not the latest only)
 """
 
@@ -13,18 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import save_file
 
-from peso.config import RunConfig
 from peso.model import lora_layers
-from peso.pack import Step
-from peso.strategies.base import AdapterStrategy, BlockData, register, save_adapter
-from peso.strategies.peso import Peso, proximal_term
-from peso.train import forward_targets
+from peso.pack import Step, forward_targets
+from peso.settings import MethodSettings
+from peso.strategies.base import AdapterStrategy, BlockData, RunContext, State, register, save_adapter
+from peso.strategies.peso import Peso, PesoSettings, proximal_term
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -63,11 +64,9 @@ class _WeightSpace(AdapterStrategy):
     """A per-module term of (A, B) against (A_prev, B_prev), the detached adapter at the block start, in
     float32 whatever the model's dtype."""
 
-    setting: ClassVar[str]  # field of cfg.baselines holding lambda
-
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
-        self.lam = getattr(cfg.baselines, self.setting)
+    def __init__(self, settings: MethodSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.lam = settings.lam
         self.prev: dict[str, Pair] = {}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData | None) -> None:
@@ -85,14 +84,24 @@ class _WeightSpace(AdapterStrategy):
         raise NotImplementedError
 
 
+class L2Settings(MethodSettings):
+    lam: float = Field(1.0, ge=0, description="weight of mean_m (||A - A_prev||_F + ||B - B_prev||_F)")
+
+
 @register
 class L2(_WeightSpace):
     name = "l2"
-    setting = "l2"
+    Settings = L2Settings
 
     def term(self, a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
         # torch's norm has gradient 0 at 0, so the first step of a block (A == A_prev) is not NaN
         return torch.linalg.matrix_norm(a - a0) + torch.linalg.matrix_norm(b - b0)
+
+
+class OrthogonalSettings(MethodSettings):
+    lam: float = Field(
+        0.5, ge=0, description="weight of mean_m (||A A_prev^T||_F^2 + ||B^T B_prev||_F^2) (O-LoRA)"
+    )
 
 
 @register
@@ -101,10 +110,16 @@ class Orthogonal(_WeightSpace):
     with an inherited adapter the term is largest at the block start."""
 
     name = "orthogonal"
-    setting = "orthogonal"
+    Settings = OrthogonalSettings
 
     def term(self, a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
         return (a @ a0.T).square().sum() + (b.T @ b0).square().sum()
+
+
+class OutputKLSettings(MethodSettings):
+    lam: float = Field(
+        1.0, ge=0, description="weight of KL(current || previous model) of next-token distributions"
+    )
 
 
 @register
@@ -115,10 +130,11 @@ class OutputKL(AdapterStrategy):
     dropout), under bf16 autocast when the step's logits came from it."""
 
     name = "output-kl"
+    Settings = OutputKLSettings
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
-        self.lam = cfg.baselines.output_kl
+    def __init__(self, settings: OutputKLSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.lam = settings.lam
         self.prev: dict[int, torch.Tensor] = {}  # by id of the live parameter
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData | None) -> None:
@@ -144,58 +160,81 @@ class OutputKL(AdapterStrategy):
 
 def diagonal_fisher(
     model: torch.nn.Module,
-    params: list[torch.Tensor],
+    params: dict[str, torch.Tensor],
     data: BlockData,
     max_targets: int,
     temperature: float,
     autocast: bool = False,
-) -> list[torch.Tensor]:
-    """Mean over batches of the previous block's training data of the squared gradient of the batch's
-    cross-entropy (logits / temperature, the training loss), at the current weights, in eval mode."""
-    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]  # bf16 would round the sums
-    batches = 0
+) -> dict[str, torch.Tensor]:
+    """The empirical diagonal Fisher: the mean over the previous block's first `max_targets` training targets
+    of g_n^2, g_n = the gradient of target n's negative log-likelihood (its tokens' cross-entropy on logits /
+    temperature, summed), at the current weights, in eval mode. One forward pass per packed segment, then one
+    backward pass per target of it (`retain_graph`): exact per-target gradients, so the estimate does not
+    depend on how the targets are batched. (torch.func's vmap of the backward was
+    ~100x slower here and held gigabytes: SDPA's backward has no batching rule.)"""
+    names, tensors = list(params), list(params.values())
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}  # bf16 would round
+    n_targets = 0
+    rows = [r for batch in data.batches("previous", max_targets) for r in batch]
     with _eval_mode(model):
-        for rows in data.batches("previous", max_targets):
-            if len(rows) == 0:  # a block without training targets
-                continue
-            step = forward_targets(model, data.previous, rows, autocast)
-            ce = F.cross_entropy(step.logits.float() / temperature, step.labels)
-            for f, g in zip(fisher, torch.autograd.grad(ce, params), strict=True):
-                f.add_(g.detach().float().square())
-            batches += 1
-    return [f / max(batches, 1) for f in fisher]
+        for row in rows:  # one segment at a time: each target's backward runs through its segment only
+            step = forward_targets(model, data.previous, np.array([row]), autocast)
+            ce = F.cross_entropy(step.logits.float() / temperature, step.labels, reduction="none")
+            losses = ce.view(-1, _tokens_per_target(data.previous, [row], len(ce))).sum(-1)
+            for k in range(len(losses)):
+                grads = torch.autograd.grad(losses[k], tensors, retain_graph=k < len(losses) - 1)
+                for n, g in zip(names, grads, strict=True):
+                    fisher[n].add_(g.float().square())
+            n_targets += len(losses)
+    return {n: f / max(n_targets, 1) for n, f in fisher.items()}
+
+
+def _tokens_per_target(packed, rows, tokens: int) -> int:
+    """Every target carries the same number of tokens (its item's ID, plus EOS for prompted models)."""
+    n = int(packed.targets[rows].sum())
+    if tokens % n:
+        raise ValueError(f"{tokens} target tokens for {n} targets")
+    return tokens // n
+
+
+class EWCSettings(MethodSettings):
+    lam: float = Field(100.0, ge=0, description="weight of sum_i F_i (theta_i - theta_prev_i)^2 / 2")
+    targets: int = Field(
+        2048, ge=1, description="previous-block training targets whose gradients estimate the Fisher"
+    )
 
 
 @register
 class EWC(AdapterStrategy):
     """Elastic weight consolidation on the LoRA A/B entries only: the same parameters the other proximal
     terms (and PESO) constrain, so the comparison is like for like; the item-token rows train freely, as
-    under every strategy. The Fisher comes from the previous block alone (not accumulated over blocks)."""
+    under every strategy. The Fisher comes from the previous block alone (not accumulated over blocks), from
+    per-target gradients (`diagonal_fisher`)."""
 
     name = "ewc"
+    Settings = EWCSettings
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
-        self.lam = cfg.baselines.ewc
+    def __init__(self, settings: EWCSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.lam = settings.lam
         self.prev: list[torch.Tensor] = []
         self.fisher: list[torch.Tensor] = []
 
     @staticmethod
-    def params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return [p for _, a, b in lora_layers(model) for p in (a, b)]
+    def params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        return {f"{n}.{k}": p for n, a, b in lora_layers(model) for k, p in (("A", a), ("B", b))}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         params = self.params(model)
-        self.prev = [p.detach().clone() for p in params]
-        tc = self.cfg.train
-        self.fisher = diagonal_fisher(
-            model, params, data, self.cfg.baselines.ewc_targets, tc.temperature, tc.autocast == "bf16"
-        )
+        self.prev = [p.detach().clone() for p in params.values()]
+        c = self.context
+        fisher = diagonal_fisher(model, params, data, self.settings.targets, c.temperature, c.autocast)
+        self.fisher = list(fisher.values())
 
     def extra_loss(self, model: torch.nn.Module, step: Step | None) -> torch.Tensor | None:
         if not self.prev or self.lam == 0:
             return None
-        params = self.params(model)
+        params = self.params(model).values()
         total = sum(
             (f * (p - p0).square()).sum() for f, p, p0 in zip(self.fisher, params, self.prev, strict=True)
         )
@@ -205,12 +244,13 @@ class EWC(AdapterStrategy):
 @register
 class PesoAll(Peso):
     """PESO anchored to every past adapter (the start of blocks 1..t), the mean of the terms: the paper's
-    latest-vs-all ablation. Weight: cfg.peso.lam."""
+    latest-vs-all ablation. Settings as PESO's."""
 
     name = "peso-all"
+    Settings = PesoSettings
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: PesoSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
         self.past: list[dict[str, Pair]] = []
         self.past_weights: list[dict[str, torch.Tensor]] = []  # the same anchors as A/B: what is kept
 
@@ -219,21 +259,42 @@ class PesoAll(Peso):
         weights = {
             f"{n}.{k}": w.detach().clone() for n, a, b in lora_layers(model) for k, w in (("A", a), ("B", b))
         }
-        # block 1 starts a new run of blocks (the runner restores block 0 before each method)
+        # block 1 starts a new run of blocks (every method starts from the block-0 model)
         self.past = [self.anchors] if block == 1 else [*self.past, self.anchors]
         self.past_weights = [weights] if block == 1 else [*self.past_weights, weights]
+
+    def state(self, model: torch.nn.Module) -> State:
+        return State(self._past_tensors(), {"block_starts": len(self.past_weights)})
+
+    def load_state(self, model: torch.nn.Module, state: State) -> None:
+        self.past_weights = [
+            {k.split(".", 1)[1]: v for k, v in state.tensors.items() if k.startswith(f"block_start_{i + 1}.")}
+            for i in range(state.meta["block_starts"])
+        ]
+        self.past = [
+            {
+                n: (
+                    F.log_softmax(ws[f"{n}.A"].reshape(-1).double() / self.tau, 0),
+                    F.log_softmax(ws[f"{n}.B"].reshape(-1).double() / self.tau, 0),
+                )
+                for n, _, _ in lora_layers(model)
+            }
+            for ws in self.past_weights
+        ]
+
+    def _past_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            f"block_start_{i + 1}.{k}": w.contiguous().cpu()
+            for i, ws in enumerate(self.past_weights)
+            for k, w in ws.items()
+        }
 
     def export(self, model: torch.nn.Module, out_dir: Path) -> int:
         """The adapter, plus the A/B of every earlier block start (the next block's own anchor is the adapter
         itself): the state peso-all keeps grows by one adapter's A/B per block, unlike PESO's."""
         nbytes = save_adapter(model, out_dir)  # counts the PEFT files only: written before ours
         path = out_dir / "past_anchors.safetensors"
-        tensors = {
-            f"block_start_{i + 1}.{k}": w.contiguous().cpu()
-            for i, ws in enumerate(self.past_weights)
-            for k, w in ws.items()
-        }
-        save_file(tensors, str(path))
+        save_file(self._past_tensors(), str(path))
         return nbytes + path.stat().st_size
 
     def extra_loss(self, model: torch.nn.Module, step: Step | None) -> torch.Tensor | None:

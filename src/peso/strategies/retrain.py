@@ -1,11 +1,21 @@
 """Full retraining: at block t, train from the block-0 starting point on every block's training targets
-0..t, with block 0's learning rate and epochs. The expensive reference a continual method should approach.
-The runner does the work (`retrains`): no hooks are needed."""
+0..t, with block 0's learning rate and epochs and block 0's trainable parameters. The expensive reference
+a continual method should approach."""
 
-from peso.strategies.base import AdapterStrategy, register
+from typing import Any
+
+import torch
+
+from peso.pack import concat
+from peso.strategies.base import AdapterStrategy, Block, register
 
 
 @register
 class Retrain(AdapterStrategy):
     name = "retrain"
-    retrains = True
+
+    def run_block(self, model: torch.nn.Module, block: Block) -> Any:
+        block.params.restore("init")
+        with block.params.training("block0"):  # what block 0 trains (every weight of `tiny`)
+            data = concat([*block.earlier, block.data.current])
+            return block.train(model, data, block.valid, continual=False)

@@ -31,12 +31,37 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from peso.config import RunConfig
 from peso.data.samples import BlockSamples
 from peso.progress import bar, check_finite, note
-from peso.strategies.base import Catalogue, StandaloneMethod, register, top_groups
+from peso.settings import MethodSettings
+from peso.strategies.base import Catalogue, RunContext, StandaloneMethod, State, register, top_groups
+
+
+class SasrecSettings(MethodSettings):
+    """SASRec (Kang & McAuley 2018), the non-LLM next-item reference (`sasrec-finetune`, `sasrec-retrain`)."""
+
+    hidden: int = Field(64, ge=8, description="item / position embedding size")
+    layers: int = Field(2, ge=1, description="self-attention blocks")
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    # few epochs: the full softmax over every item dominates the cost on CPU (~3 ms a target for 39k items)
+    epochs: int = Field(2, ge=1, description="most epochs of block 0 (and of every retraining)")
+    continual_epochs: int = Field(1, ge=1, description="most epochs of a fine-tuned block 1..")
+    patience: int = Field(2, ge=1, description="stop after this many epochs without a lower validation loss")
+    batch_size: int = Field(128, ge=1, description="training targets per step (128: the SASRec paper)")
+    max_len: int | None = Field(
+        None, ge=1, description="positions read: the window's last max_len items (default: data.history)"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> SasrecSettings:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
 
 
 class SASRec(nn.Module):
@@ -101,12 +126,12 @@ def masked_ce(logits: torch.Tensor, target: torch.Tensor, unknown: torch.Tensor)
 
 
 class _Sasrec(StandaloneMethod):
+    Settings = SasrecSettings
     retrains = False
 
-    def __init__(self, cfg: RunConfig) -> None:
-        super().__init__(cfg)
-        self.settings = cfg.sasrec
-        self.max_len = cfg.sasrec.max_len or cfg.data.history
+    def __init__(self, settings: SasrecSettings, context: RunContext) -> None:
+        super().__init__(settings, context)
+        self.max_len = settings.max_len or context.history
 
     def start(self, seed: int, catalogue: Catalogue) -> None:
         super().start(seed, catalogue)
@@ -181,6 +206,14 @@ class _Sasrec(StandaloneMethod):
             for xb, yb in zip(x.split(1024), y.split(1024), strict=True)
         )
         return total / max(len(y), 1)
+
+    def state(self) -> State:
+        return State({k: v.contiguous() for k, v in self.model.state_dict().items()})
+
+    def load_state(self, state: State, blocks: list[BlockSamples]) -> None:
+        self.past = list(blocks)
+        self.model = self._new_model(len(blocks) - 1)
+        self.model.load_state_dict(state.tensors)
 
     @torch.no_grad()
     def rank(self, t: int, s: BlockSamples, k: int) -> np.ndarray:

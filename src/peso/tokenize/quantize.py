@@ -7,48 +7,12 @@ order, so every item gets a distinct ID and an item's ID never changes when new 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from sklearn.cluster import KMeans
+
+from peso.tokenize.rkmeans import ResidualKMeans
+from peso.tokenize.rqvae import RQVAE
 
 LEVEL_NAMES = "abcdefghijklmnopqrstuvwxyz"
-
-
-@dataclass
-class ResidualKMeans:
-    codebooks: list[np.ndarray]  # per level: (codes, dim) centroids
-
-    @classmethod
-    def fit(cls, x: np.ndarray, levels: int = 3, codes: int = 256, seed: int = 0) -> ResidualKMeans:
-        """Fit `levels` codebooks of `codes` centroids, each on the residual left by the levels before."""
-        residual = np.asarray(x, dtype=np.float64).copy()
-        books = []
-        for level in range(levels):
-            k = min(codes, len(np.unique(residual.round(12), axis=0)))
-            km = KMeans(n_clusters=k, n_init=1, random_state=seed + level).fit(residual)
-            books.append(km.cluster_centers_)
-            residual = residual - km.cluster_centers_[_nearest(residual, km.cluster_centers_)]
-        return cls(books)
-
-    @property
-    def levels(self) -> int:
-        return len(self.codebooks)
-
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """(n, levels) codes: nearest centroid of each level on the running residual."""
-        residual = np.asarray(x, dtype=np.float64).copy()
-        out = np.empty((len(residual), self.levels), dtype=np.int64)
-        for level, book in enumerate(self.codebooks):
-            out[:, level] = _nearest(residual, book)
-            residual = residual - book[out[:, level]]
-        return out
-
-
-def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    # squared distances without forming (n, k, dim): |x|^2 - 2 x.c + |c|^2; ties go to the lowest code
-    d = (x * x).sum(1, keepdims=True) - 2.0 * x @ centers.T + (centers * centers).sum(1)
-    return d.argmin(1)
 
 
 def dedup_codes(prefixes: np.ndarray, existing: np.ndarray | None = None) -> np.ndarray:
@@ -107,8 +71,6 @@ def semantic_ids(
     what assigning each later block's new items against the frozen codebooks gives, one block at a time."""
     base = first_block == first_block.min()
     if quantizer == "rqvae":
-        from peso.tokenize.rqvae import RQVAE
-
         rq = RQVAE.fit(embeddings[base], levels, codes, seed)
     else:
         rq = ResidualKMeans.fit(embeddings[base], levels, codes, seed)

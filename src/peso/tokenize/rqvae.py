@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from peso.progress import bar
-from peso.tokenize.quantize import ResidualKMeans
+from peso.tokenize.rkmeans import ResidualKMeans
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

@@ -18,6 +18,7 @@ class Trie:
         sids = np.arange(len(sid_codes)) if sids is None else np.asarray(sids, dtype=np.int64)
         self.levels = sid_codes.shape[1]
         self.level_sizes = list(level_sizes)
+        self.codes, self.sids = np.asarray(sid_codes), sids  # what it was built from (exports, references)
         self.allowed: list[torch.Tensor] = []
         self.child_key: list[torch.Tensor] = []
         self.child_val: list[torch.Tensor] = []
