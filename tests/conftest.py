@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from peso.cli import main
 from peso.config import ModelConfig
+from peso.data.raw import Columns, read_release_folder
 from peso.model import attach_lora, load_backbone
 from peso.tokenize.items import ItemIndex
 
@@ -109,3 +113,52 @@ def local_checkpoint(tmp_path_factory):
     )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+# --- the live path: two runs, a deployed store -------------------------------------------------------
+
+# sumlora-all first: it draws from the RNG (its adapter is re-initialised each block), which the update must
+# continue exactly; a method's draws follow the previous unit of the run, so both runs list the same methods
+CONFIG = {
+    "data": {"path": str(QUICKSTART), "history": 8, "max_users": 40},
+    "model": {
+        "name": "tiny",
+        "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 64},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+    },
+    "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 64, "lr": 1e-2},
+    "decode": {"beam": 12, "top_k": 10, "batch_size": 16},
+    "methods": ["sumlora-all", {"name": "peso", "lam": 100.0}],
+    "seeds": [0],
+    "threads": 1,
+}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "LOCK"
+    }
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> Path:
+    """The quickstart data on blocks 0..3 and 0..4 (two small runs), and block 4 as a CSV slice."""
+    root = tmp_path_factory.mktemp("live")
+    cfg = root / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    assert (
+        main(["run", "--config", str(cfg), "--out", str(root / "run4"), "--set", "data.blocks=[0,1,2,3]"])
+        == 0
+    )
+    assert main(["run", "--config", str(cfg), "--out", str(root / "run5")]) == 0
+    df = read_release_folder([QUICKSTART], Columns(None, None, None)).interactions
+    df.filter(df["block"] == 4).select("user", "item", "timestamp").write_csv(root / "block4.csv")
+    return root
+
+
+def deployed(runs: Path, tmp_path: Path, method: str = "peso") -> Path:
+    store = tmp_path / f"store-{method}"
+    assert main(["deploy", str(runs / "run4"), "--method", method, "--out", str(store)]) == 0
+    return store

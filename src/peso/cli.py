@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -172,6 +173,184 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from peso.live import deploy
+
+    out = deploy(Path(args.run_dir), args.method, args.seed, Path(args.out))
+    print(f"store: {out} (version 1 published: {args.method} after the run's last block)")
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from peso import dist
+    from peso.live import update
+    from peso.store import Store
+
+    store = Store.open(Path(args.store))
+    dist.world()  # several processes (torchrun / accelerate): the main one holds the lock and writes
+    with store.lock() if dist.is_main() else contextlib.nullcontext():
+        report = update(
+            store, args.inputs, args.format, args.allow_late, args.guard, args.tolerance, args.dry_run
+        )
+    if not dist.is_main():
+        return 0
+    m = report["metrics"]
+    print(
+        f"version {report['version']}{' (dry run, not written)' if report['dry_run'] else ''}: "
+        f"{report['slice']['interactions']:,} interactions, {report['slice']['new_users']:,} new users, "
+        f"{report['slice']['new_items']:,} new items, {report['slice']['dropped_repeats']:,} repeats dropped; "
+        f"drift (JS) {report['drift_js']:.3f}"
+    )
+    for name in ("new", "previous", "popular"):
+        print(
+            f"  {name:>8}: hit@10 {m[name]['hit@10']:.4f} ndcg@10 {m[name]['ndcg@10']:.4f} ({m[name]['users']} users)"
+        )
+    v = report["validation"]
+    verdict = "published" if report["published"] else "NOT published"
+    print(
+        f"guard {report['guard']['rule']}: validation ndcg@10 {v['new']['ndcg@10']:.4f} vs "
+        f"{v['previous']['ndcg@10']:.4f} (tolerance {report['guard']['tolerance']}): {verdict}"
+    )
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from peso.store import Store
+
+    store = Store.open(Path(args.store))
+    current = store.current()
+    table = Table(
+        title=f"{store.path}: {store.info['method']} (seed {store.info['seed']}), current {current}"
+    )
+    for col in (
+        "version",
+        "created",
+        "method",
+        "data up to",
+        "users",
+        "items",
+        "hit@10",
+        "ndcg@10",
+        "published",
+    ):
+        table.add_column(col, justify="right" if col not in ("created", "method") else "left")
+    for n in store.versions():
+        v = store.version(n)
+        mark_ = " (current)" if n == current else ""
+        table.add_row(
+            f"{n}{mark_}",
+            v["created"][:19],
+            v["method"],
+            str(v["data_up_to"]),
+            f"{v['users']:,}",
+            f"{v['items']:,}",
+            f"{v['metrics']['hit@10']:.4f}",
+            f"{v['metrics']['ndcg@10']:.4f}",
+            "yes" if v["published"] else "no",
+        )
+    Console(width=max(Console().width, 120)).print(table)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from peso.store import Store
+
+    store = Store.open(Path(args.store))
+    with store.lock():
+        current = store.current()
+        target = args.to if args.to is not None else store.version(current).get("parent")
+        if target is None:
+            raise PesoError(str(store.path), f"version {current} has no earlier version", "give --to N")
+        store.check_loadable(target)
+        store.publish(target)
+    print(f"current: {target} (was {current})")
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from peso.live import recommend
+    from peso.store import Store
+
+    if (args.user is None) == (args.history is None):
+        raise PesoError("peso recommend", "needs --user or --history (one of them)", "e.g. --user 42")
+    store = Store.open(Path(args.store))
+    top_k = store.config().decode.top_k
+    if not 1 <= args.k <= top_k:
+        raise PesoError(
+            "--k", f"{args.k} is not in 1..{top_k} (the store's decode.top_k)", f"give 1..{top_k}"
+        )
+    users = [args.user] if args.user is not None else None
+    histories = None if args.history is None else [[i for i in args.history.split(",") if i]]
+    version, lists = recommend(store, users, histories, args.k, args.exclude_history)
+    if args.json:
+        print(json.dumps({"version": version, "items": [item for item, _ in lists[0]]}))
+        return 0
+    titles = store.titles(version)
+    print(f"version {version}:")
+    for rank, (item, score) in enumerate(lists[0], start=1):
+        title = " | ".join(t for t in (titles.get(i) for i in item.split("|")) if t)
+        print(f"{rank:>3}. {item}  {score:.3f}" + (f"  {title}" if title else ""))
+    return 0
+
+
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from peso.export_model import export_model
+    from peso.store import Store
+
+    out = export_model(Store.open(Path(args.store)), Path(args.out), args.version)
+    print(
+        f"export: {out} (merged/: plain checkpoint; base/ + adapter/: item rows in the base, LoRA on linear "
+        "layers; trie.json, items.json)"
+    )
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from peso.store import Store
+
+    store = Store.open(Path(args.store))
+    with store.lock():
+        removed, freed = store.gc(args.keep)
+    print(f"removed the state of {len(removed)} version(s) {removed}: {freed / 2**20:.1f} MiB freed")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from peso.serve import ServeSettings
+    from peso.store import Store
+
+    Store.open(Path(args.store))  # a folder that is no store says so before the server starts
+    settings = ServeSettings(
+        store=str(Path(args.store).resolve()),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        poll_ms=args.poll_ms,
+        cold_start=args.cold_start,
+        engine=args.engine,
+    )
+    os.environ["PESO_SERVE"] = settings.model_dump_json()  # what each worker process reads
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(
+        "peso.serve:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from peso.strategies import REGISTRY
 
@@ -195,6 +374,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from peso import __version__
+    from peso.data.raw import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="peso", description="Continual LoRA adaptation of generative recommenders."
@@ -233,11 +413,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_cmd_run)
 
+    d = sub.add_parser(
+        "deploy", help="create a model store from a finished run: one method's state as version 1"
+    )
+    d.add_argument("run_dir", metavar="RUN_DIR", help="a finished `peso run` folder")
+    d.add_argument("--method", required=True, help="the method (its label in the run) to deploy")
+    d.add_argument("--seed", type=int, help="which seed's state (default: the run's first)")
+    d.add_argument(
+        "--out", required=True, metavar="STORE", help="the store folder to create (must not exist)"
+    )
+    d.set_defaults(func=_cmd_deploy)
+
+    u = sub.add_parser("update", help="one continual block on new interactions: a checked new version")
+    u.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    u.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="new interactions, in any format `peso prepare` reads"
+    )
+    u.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: detect)")
+    u.add_argument(
+        "--allow-late", action="store_true", help="accept interactions older than the store's data"
+    )
+    u.add_argument(
+        "--guard",
+        default="no-worse",
+        choices=["no-worse", "none"],
+        help="publish only if validation NDCG@10 is not worse than the current version's (default), or always",
+    )
+    u.add_argument("--tolerance", type=float, default=0.0, help="how much worse the guard accepts (0.0)")
+    u.add_argument("--dry-run", action="store_true", help="train and report, write and publish nothing")
+    u.set_defaults(func=_cmd_update)
+
+    v = sub.add_parser("versions", help="the store's versions as a table")
+    v.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    v.set_defaults(func=_cmd_versions)
+
+    b = sub.add_parser("rollback", help="move CURRENT back (to the parent version, or --to N)")
+    b.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    b.add_argument("--to", type=int, help="the version to publish (default: the current one's parent)")
+    b.set_defaults(func=_cmd_rollback)
+
+    c = sub.add_parser("recommend", help="top-k items of the current version for a user or a history")
+    c.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    c.add_argument("--user", help="a user the store has seen")
+    c.add_argument("--history", help="comma-separated item ids, oldest first")
+    c.add_argument("--k", type=int, default=10, help="items to list (<= the store's decode.top_k; 10)")
+    c.add_argument("--exclude-history", action="store_true", help="leave out items of the history")
+    c.add_argument("--json", action="store_true", help='print {"version": N, "items": [...]} (best first)')
+    c.set_defaults(func=_cmd_recommend)
+
+    x = sub.add_parser("export-model", help="checkpoints that load without peso (transformers, PEFT, vLLM)")
+    x.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    x.add_argument("--out", required=True, help="folder to write (must not exist)")
+    x.add_argument("--version", type=int, help="which version (default: the current one)")
+    x.set_defaults(func=_cmd_export_model)
+
+    g = sub.add_parser("gc", help="remove the state of old versions that are not current")
+    g.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    g.add_argument("--keep", type=int, default=5, help="newest versions kept whole, beside the current (5)")
+    g.set_defaults(func=_cmd_gc)
+
+    w = sub.add_parser("serve", help="serve the store's current version over HTTP (FastAPI + uvicorn)")
+    w.add_argument("store", metavar="STORE", help="a model store written by `peso deploy`")
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    w.add_argument("--port", type=int, default=8000, help="port (8000)")
+    w.add_argument("--workers", type=int, default=1, help="server processes, each with its model (1)")
+    w.add_argument("--max-batch", type=int, default=64, help="requests decoded together at most (64)")
+    w.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more (5 ms)")
+    w.add_argument("--poll-ms", type=float, default=500.0, help="how often CURRENT is checked (500 ms)")
+    w.add_argument("--cold-start", action="store_true", help="answer unknown users from the empty history")
+    w.add_argument(
+        "--engine",
+        default="beam",
+        choices=["beam", "generate"],
+        help="beam: batched trie beam search (default); generate: model.generate per request (a reference)",
+    )
+    w.set_defaults(func=_cmd_serve)
+
     m = sub.add_parser("methods", help="list the methods and each one's settings, with their defaults")
     m.add_argument("name", nargs="?", help="one method (default: all)")
     m.set_defaults(func=_cmd_methods)
-
-    from peso.data.raw import FORMATS
 
     p = sub.add_parser("prepare", help="cut raw interaction logs into chronological blocks (a DATA_DIR)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders of one dataset")

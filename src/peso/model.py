@@ -201,6 +201,22 @@ def merged(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 m.get_base_layer().weight.copy_(w)
 
 
+def item_rows(model: torch.nn.Module, space: TokenSpace) -> dict[str, torch.Tensor]:
+    """The effective item-token rows of the input embedding and the output layer."""
+    ids = torch.tensor(space.all_item_token_ids())
+
+    def weight(module: torch.nn.Module) -> torch.Tensor:
+        if hasattr(module, "token_adapter"):
+            return module.token_adapter.get_merged_weights(module.token_adapter.active_adapters)
+        return module.weight
+
+    return {
+        "token_ids": ids,
+        "embed_tokens": weight(model.get_input_embeddings())[ids].detach().contiguous(),
+        "lm_head": weight(model.get_output_embeddings())[ids].detach().contiguous(),
+    }
+
+
 def base_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     """The backbone's own weights, without adapter parameters, under the plain model's key names."""
     out = {}

@@ -36,7 +36,7 @@ from peso.dataset import Prepared, prepare
 from peso.evaluate import Evaluator
 from peso.inputs import Encoded, TokenSpace, encode
 from peso.io import Replacement, atomic_dir, check_out, mark, write_text
-from peso.model import attach_lora, load_backbone, save_base
+from peso.model import attach_lora, item_rows, load_backbone, save_base
 from peso.pack import Packed, pack
 from peso.params import ParamSets
 from peso.report import ResultsLog, Trained, console_table, plot
@@ -52,7 +52,7 @@ from peso.strategies import (
     create,
 )
 from peso.strategies.base import save_adapter
-from peso.train import BlockReport, Schedule, train_block
+from peso.train import BlockReport, block_trainer
 from peso.units import (
     UnitStore,
     check_same_config,
@@ -108,22 +108,6 @@ def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
         "collisions": prep.index.collisions(),
         "blocks": {int(s.number): len(s) for s in prep.samples},
         **({"simulation": prep.simulation} if prep.simulation else {}),
-    }
-
-
-def item_rows(model: torch.nn.Module, space: TokenSpace) -> dict[str, torch.Tensor]:
-    """The effective item-token rows of the input embedding and the output layer."""
-    ids = torch.tensor(space.all_item_token_ids())
-
-    def weight(module: torch.nn.Module) -> torch.Tensor:
-        if hasattr(module, "token_adapter"):
-            return module.token_adapter.get_merged_weights(module.token_adapter.active_adapters)
-        return module.weight
-
-    return {
-        "token_ids": ids,
-        "embed_tokens": weight(model.get_input_embeddings())[ids].detach().contiguous(),
-        "lm_head": weight(model.get_output_embeddings())[ids].detach().contiguous(),
     }
 
 
@@ -323,23 +307,8 @@ class Run:
         return Backbone(model, space, params, encs, full)
 
     def trainer(self, seed: int, t: int, label: str):
-        """The run's training loop for block position t, as a strategy's `Block.train`."""
-
-        def train(model, data: Packed, valid: Packed, extra_loss=None, continual: bool = True) -> BlockReport:
-            torch.manual_seed(seed * 1000 + t)
-            report = train_block(
-                model,
-                data,
-                valid,
-                Schedule.of(self.cfg.train, continual),
-                seed=seed * 1000 + t,
-                extra_loss=extra_loss,
-                desc=f"seed {seed} method {label} block {t}",
-            )
-            self.log.training(label, seed, t, report)
-            return report
-
-        return train
+        """The run's training loop for block position t, its epochs logged to training.csv."""
+        return block_trainer(self.cfg.train, seed, t, label, lambda r: self.log.training(label, seed, t, r))
 
     def block0(self, seed: int, bb: Backbone, adapters: list[AdapterStrategy]) -> None:
         """Block 0, shared: tiny models learn every weight here (they start from random), LLMs the adapter."""
@@ -378,14 +347,9 @@ class Run:
             previous = self._name(seed, m, t - 1) if t > 1 else None
             with self.unit(self._name(seed, m, t), [folder], previous) as record:
                 data = BlockData(encs[t].train, encs[t - 1].train, self.cfg.train.batch_size)
-                block = Block(
-                    t,
-                    data,
-                    encs[t].valid,
-                    [e.train for e in encs[:t]],
-                    self.trainer(seed, t, m.label),
-                    bb.params,
-                )
+                earlier = lambda t=t: [e.train for e in encs[:t]]  # noqa: E731 (only retraining reads them)
+                train = self.trainer(seed, t, m.label)
+                block = Block(t, data, encs[t].valid, earlier, train, bb.params)
                 report = m.run_block(bb.model, block)
                 nbytes = export_block(m.export, bb.model, bb.space, folder / "adapter") if report else 0
                 desc = f"seed {seed} block {t} {m.label} decode"

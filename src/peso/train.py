@@ -217,3 +217,27 @@ def train_block(
     report.seconds = time.perf_counter() - start
     model.eval()
     return report
+
+
+def block_trainer(
+    tc: TrainConfig, seed: int, t: int, label: str, on_report: Callable[[BlockReport], None] | None = None
+) -> Callable[..., BlockReport]:
+    """The training loop of block position t, as a strategy's `Block.train`: seeded by (seed, t), block 0's
+    schedule or a continual block's, `on_report` told what it measured."""
+
+    def train(model, data: Packed, valid: Packed, extra_loss=None, continual: bool = True) -> BlockReport:
+        torch.manual_seed(seed * 1000 + t)
+        report = train_block(
+            model,
+            data,
+            valid,
+            Schedule.of(tc, continual),
+            seed=seed * 1000 + t,
+            extra_loss=extra_loss,
+            desc=f"seed {seed} method {label} block {t}",
+        )
+        if on_report is not None:
+            on_report(report)
+        return report
+
+    return train

