@@ -291,3 +291,34 @@ def test_two_processes_give_the_same_version_as_one(runs, tmp_path):
     sa, sb = a.state(2), b.state(2)
     assert sa.params.keys() == sb.params.keys()
     assert max(float((sa.params[k] - sb.params[k]).abs().max()) for k in sa.params) < 1e-4
+
+
+def test_cold_start_is_the_empty_history_beam_search(runs, tmp_path, capsys):
+    store = deployed(runs, tmp_path)
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["recommend", str(store), *argv])
+        out = capsys.readouterr()
+        return code, out.out or out.err
+
+    code, text = run("--history", "", "--json")
+    empty = json.loads(text)
+    assert code == 0 and empty["cold_start"] and len(empty["items"]) == 10
+    code, text = run("--user", "nobody-at-all", "--json")
+    assert code == 2 and "unknown user" in text and "--cold-start" in text
+    code, text = run("--user", "nobody-at-all", "--cold-start", "--json")
+    assert code == 0 and json.loads(text) == empty
+    # the model's own prior, not popularity: the beam search from the prompt's start alone
+    from peso.decode import beam_search_batch
+    from peso.live import load_version
+
+    live = load_version(Store(store), 1)
+    sids, _ = beam_search_batch(
+        live.model, [live.space.prompt(np.zeros(0, dtype=np.int64))], live.space, live.trie(), 12, 10
+    )
+    assert [live.index.items[int(np.flatnonzero(live.index.sid == g)[0])] for g in sids[0].tolist()] == empty[
+        "items"
+    ]
+    code, text = run("--user", "90", "--json")
+    assert not json.loads(text)["cold_start"]

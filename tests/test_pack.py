@@ -20,12 +20,15 @@ from tests.conftest import adapted, small_index
 HISTORY = 3
 
 
-def samples(n_items: int, seed: int = 0) -> BlockSamples:
-    """Users of 3..10 items, some with earlier-block items, so both segment kinds occur."""
+def samples(n_items: int, seed: int = 0, empty_history: bool = True) -> BlockSamples:
+    """Users of 3..10 items, some with earlier-block items, so both segment kinds occur; users without
+    earlier items give empty-history targets (their first item) unless `empty_history` is off."""
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, n_items, size=int(rng.integers(3, 11))) for _ in range(9)]
-    starts = np.array([int(rng.integers(0, len(s) - 2)) for s in seqs])
-    return BlockSamples(1, [f"u{i}" for i in range(len(seqs))], seqs, starts, HISTORY)
+    starts = np.array([0, 0] + [int(rng.integers(0, len(s) - 2)) for s in seqs[2:]])
+    s = BlockSamples(1, [f"u{i}" for i in range(len(seqs))], seqs, starts, HISTORY, empty_history)
+    assert any(len(s.window(u, p)) == 0 for u, p in s.examples("train")) == empty_history
+    return s
 
 
 def per_example_loss(model, space, s: BlockSamples, split: str, temperature: float) -> torch.Tensor:
@@ -72,20 +75,22 @@ def prompted2(local_checkpoint, tmp_path):
     return adapted(cfg, index)
 
 
+@pytest.mark.parametrize("empty_history", [True, False])
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("split", ["train", "valid"])
-def test_packed_equals_per_example_with_bare_item_tokens(tiny_lora, share, split):
+def test_packed_equals_per_example_with_bare_item_tokens(tiny_lora, share, split, empty_history):
     model, space, index = tiny_lora
-    s = samples(len(index.items))
+    s = samples(len(index.items), empty_history=empty_history)
     assert pack(s, space, split).causal
     assert_same(model, space, s, split, share)
 
 
+@pytest.mark.parametrize("empty_history", [True, False])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_equals_per_example_with_the_instruction_prompt(prompted2, attn):
+def test_packed_equals_per_example_with_the_instruction_prompt(prompted2, attn, empty_history):
     model, space, index = prompted2
     model.get_base_model().set_attn_implementation(attn)
-    s = samples(len(index.items), seed=1)
+    s = samples(len(index.items), seed=1, empty_history=empty_history)
     packed = pack(s, space, "train")
     assert not packed.causal and space.suffix and space.separator and space.append_eos
     assert_same(model, space, s, "train", share=True)
@@ -93,14 +98,14 @@ def test_packed_equals_per_example_with_the_instruction_prompt(prompted2, attn):
 
 def test_a_user_within_the_window_is_one_segment_and_later_targets_one_each(tiny_lora):
     _, space, _ = tiny_lora
-    seq = np.arange(8)  # targets 1..5 (6 is validation, 7 test); windows of 3
+    seq = np.arange(8)  # targets 0..5 (6 is validation, 7 test); windows of 3
     s = BlockSamples(0, ["u"], [seq], np.array([0]), HISTORY)
     packed = pack(s, space, "train")
-    assert packed.targets.tolist() == [3, 1, 1]  # targets 1,2,3 share items 0..3; 4 and 5 stand alone
+    assert packed.targets.tolist() == [4, 1, 1]  # targets 0..3 share items 0..3; 4 and 5 stand alone
     first = packed.segments[0]
     assert first.ids.tolist() == space.prompt(seq[:4])
     labelled = first.labels[first.labels != IGNORE].tolist()
-    assert labelled == [t for p in (1, 2, 3) for t in space.target(p)]
+    assert labelled == [t for p in (0, 1, 2, 3) for t in space.target(p)]  # 0 from the prompt's start alone
     assert packed.segments[2].ids.tolist() == space.prompt(seq[2:6])  # window 2,3,4 then target 5
     shared, alone = sum(packed.lengths), sum(pack(s, space, "train", share=False).lengths)
     assert shared < alone

@@ -91,3 +91,36 @@ def test_non_finite_settings_are_refused(tmp_path, capsys):
         assert main(["run", "--config", config, "--out", str(tmp_path / "x"), "--set", key]) == 2
         assert where in _error(capsys)
     assert not (tmp_path / "x").exists()
+
+
+def test_patience_stops_a_block_and_restores_the_best_epoch(tiny_lora, monkeypatch):
+    """Validation losses 3, 2, 2.5, 2.6, 1 with patience 2: epochs 3 and 4 do not improve on epoch 2, so the
+    block stops after epoch 4 (epoch 5 never runs) and epoch 2's parameters come back."""
+    import numpy as np
+    import torch
+
+    from peso import train as train_module
+    from peso.data.samples import BlockSamples
+    from peso.pack import pack
+
+    model, space, index = tiny_lora
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, len(index.items), 8) for _ in range(6)]
+    s = BlockSamples(0, [f"u{i}" for i in range(6)], seqs, np.zeros(6, dtype=int), 3)
+    data, valid = pack(s, space, "train"), pack(s, space, "valid")
+    losses, snapshots = iter([3.0, 2.0, 2.5, 2.6, 1.0]), []
+
+    def scripted(model_, packed, *a, **k) -> float:
+        snapshots.append({n: p.detach().clone() for n, p in model_.named_parameters() if p.requires_grad})
+        return next(losses)
+
+    monkeypatch.setattr(train_module, "evaluate_loss", scripted)
+    schedule = train_module.Schedule(lr=1e-2, epochs=5, batch_size=4, warmup_steps=0, patience=2)
+    report = train_module.train_block(model, data, valid, schedule, seed=0)
+    assert report.epochs == 4 and report.best_epoch == 2 and report.valid_losses == [3.0, 2.0, 2.5, 2.6]
+    now = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(now[n], v) for n, v in snapshots[1].items())  # epoch 2's, restored
+    assert not all(torch.equal(now[n], v) for n, v in snapshots[3].items())
+    no_patience = train_module.Schedule(lr=1e-2, epochs=5, batch_size=4, warmup_steps=0)
+    losses = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+    assert train_module.train_block(model, data, valid, no_patience, seed=0).epochs == 5

@@ -273,6 +273,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
+    import polars as pl
+
     from peso.live import recommend
     from peso.store import Store
 
@@ -286,12 +288,21 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         )
     users = [args.user] if args.user is not None else None
     histories = None if args.history is None else [[i for i in args.history.split(",") if i]]
-    version, lists = recommend(store, users, histories, args.k, args.exclude_history)
+    version, lists = recommend(
+        store, users, histories, args.k, args.exclude_history, cold_start=args.cold_start
+    )
+    cold = (histories is not None and not histories[0]) or (
+        users is not None and store.interactions(version).filter(pl.col("user") == args.user).is_empty()
+    )
     if args.json:
-        print(json.dumps({"version": version, "items": [item for item, _ in lists[0]]}))
+        print(json.dumps({"version": version, "items": [item for item, _ in lists[0]], "cold_start": cold}))
         return 0
     titles = store.titles(version)
-    print(f"version {version}:")
+    print(
+        f"version {version}"
+        + (" (cold start: no history, the model's empty-history list)" if cold else "")
+        + ":"
+    )
     for rank, (item, score) in enumerate(lists[0], start=1):
         title = " | ".join(t for t in (titles.get(i) for i in item.split("|")) if t)
         print(f"{rank:>3}. {item}  {score:.3f}" + (f"  {title}" if title else ""))
@@ -458,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--history", help="comma-separated item ids, oldest first")
     c.add_argument("--k", type=int, default=10, help="items to list (<= the store's decode.top_k; 10)")
     c.add_argument("--exclude-history", action="store_true", help="leave out items of the history")
+    c.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="an unknown --user gets the empty-history list (else exit 2)",
+    )
     c.add_argument("--json", action="store_true", help='print {"version": N, "items": [...]} (best first)')
     c.set_defaults(func=_cmd_recommend)
 

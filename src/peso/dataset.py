@@ -47,7 +47,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         known_items.append(np.flatnonzero(seen))
         known = np.unique(index.sid[seen])
         tries.append(Trie(index.sid_codes[known], index.level_sizes, known))
-        s = build_samples(block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users)
+        s = build_samples(
+            block, ids, cfg.data.history, cfg.data.min_items, cfg.data.max_users, cfg.data.empty_history
+        )
         if len(s) == 0:
             raise PesoError(
                 block.source,

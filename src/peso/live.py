@@ -349,7 +349,8 @@ def read_slice(store: Store, n: int, inputs: list[str], fmt: str, allow_late: bo
 
 def _samples(df: pl.DataFrame, block: int, cfg: RunConfig, index: ItemIndex) -> BlockSamples:
     b: DataBlock = _block(df.with_row_index("_r"), block, "slice")
-    return build_samples(b, index.item_ids(), cfg.data.history, cfg.data.min_items, cfg.data.max_users)
+    d = cfg.data
+    return build_samples(b, index.item_ids(), d.history, d.min_items, d.max_users, d.empty_history)
 
 
 def _drift(previous: pl.DataFrame, current: pl.DataFrame) -> float:
@@ -514,18 +515,22 @@ def recommend(
     k: int = 10,
     exclude_history: bool = False,
     version: int | None = None,
+    cold_start: bool = False,
 ) -> tuple[int, list[list[tuple[str, float]]]]:
-    """Top-k (item group, score) lists for known users (their whole history) or given histories."""
+    """Top-k (item group, score) lists for known users (their whole history) or given histories; an empty
+    history (or, with `cold_start`, an unknown user) is answered by the empty-history beam search."""
     n = store.current() if version is None else version
     live = load_version(store, n)
     if users is not None:
         known = live.histories(users)
         unknown = [u for u in users if u not in known]
-        if unknown:
+        if unknown and not cold_start:
             raise PesoError(
-                "--user", f"unknown user(s) {unknown[:5]}", "give a user the store has seen, or --history"
+                "--user",
+                f"unknown user(s) {unknown[:5]}",
+                "give a user the store has seen, --history, or --cold-start",
             )
-        histories = [known[u] for u in users]
+        histories = [known.get(u, []) for u in users]
     ids = live.index.item_ids()
     for h in histories:
         missing = [i for i in h if i not in ids]

@@ -122,7 +122,7 @@ def concat(parts: list[Packed]) -> Packed:
 def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_stream: bool) -> Segment:
     """Items a.. of `seq` as a stream after the prompt prefix, with the loss of `targets` (positions > a)."""
     last = max(targets) if in_stream else max(targets) - 1  # branches need the stream up to p - 1 only
-    ids, start, end = list(space.prefix), {}, {}
+    ids, start, end = list(space.prefix), {}, {a - 1: len(space.prefix)}  # a target at 0 follows the prefix
     for j in range(a, last + 1):
         if j > a:
             ids.extend(space.separator)

@@ -29,6 +29,11 @@ class DataConfig(_Section):
         None, ge=1, description="keep only the first N users of each block (smoke tests)"
     )
     blocks: list[int] | None = Field(None, description="block numbers to use (default: all found)")
+    empty_history: bool = Field(
+        True,
+        description="a user's first item is a training target, predicted from an empty history (the official "
+        "code's rule; what a cold-start answer is learned from); off: targets need one item of history",
+    )
 
     _distinct_blocks = field_validator("blocks")(lambda v: _distinct(v))
 
@@ -73,8 +78,14 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     lr: float = Field(3e-3, gt=0, description="learning rate of block 0")
     continual_lr_scale: float = Field(0.1, gt=0, description="blocks 1.. train at lr * this")
-    epochs: int = Field(4, ge=1, description="epochs of block 0")
+    epochs: int = Field(4, ge=1, description="epochs of block 0 (with patience: the most)")
     continual_epochs: int | None = Field(None, ge=1, description="epochs of blocks 1.. (default: epochs)")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="stop a block after this many epochs without a lower validation loss (epochs are then a "
+        "cap; the best epoch is restored either way); null: every epoch runs",
+    )
     batch_size: int = Field(64, ge=1)
     warmup_steps: int | None = Field(
         None, ge=0, description="warmup steps (default: warmup_ratio of the steps)"

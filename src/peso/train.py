@@ -98,6 +98,7 @@ class Schedule:
     temperature: float = 0.8
     grad_clip: float | None = 1.0
     autocast: bool = False
+    patience: int | None = None  # early stopping on validation loss; None: every epoch
 
     @classmethod
     def of(cls, tc: TrainConfig, continual: bool) -> Schedule:
@@ -112,6 +113,7 @@ class Schedule:
             temperature=tc.temperature,
             grad_clip=tc.grad_clip,
             autocast=tc.autocast == "bf16",
+            patience=tc.patience,
         )
 
 
@@ -209,7 +211,11 @@ def train_block(
         if vloss < best_loss:
             best_loss, report.best_epoch = vloss, epoch
             best_state = [p.detach().clone() for p in params]
-    if best_state is not None and report.best_epoch != epochs:
+        elif schedule.patience is not None and epoch - report.best_epoch >= schedule.patience:
+            note(f"{desc}: stopped after epoch {epoch}, {schedule.patience} without a lower validation loss")
+            break
+    report.epochs = len(report.valid_losses)
+    if best_state is not None and report.best_epoch != report.epochs:
         with torch.no_grad():
             for p, s in zip(params, best_state, strict=True):
                 p.copy_(s)

@@ -87,9 +87,9 @@ def test_users_with_too_few_items_in_the_block_are_skipped():
     assert s4.users == ["four"]
 
 
-def test_first_item_without_history_is_never_a_target():
-    # a block-0 user (no earlier items): the first item cannot be predicted from anything
-    s = build_samples(block(0, {"u": ("", "abcdef")}), IDS)
+def test_without_empty_history_the_first_item_is_never_a_target():
+    # data.empty_history off: a block-0 user's first item has nothing to be predicted from
+    s = build_samples(block(0, {"u": ("", "abcdef")}), IDS, empty_history=False)
     train = list(s.train_positions(0))
     assert [s.target(0, p) for p in train] == ids("bcd")
     assert all(len(s.window(0, p)) > 0 for p in train)
@@ -97,8 +97,17 @@ def test_first_item_without_history_is_never_a_target():
     assert s.target(0, s.test_position(0)) == IDS["f"]
 
 
-def test_three_items_without_history_give_no_training_target():
+def test_with_empty_history_the_first_item_is_a_target_from_no_history():
+    s = build_samples(block(0, {"u": ("", "abcdef")}), IDS)  # the default, as the official code
+    train = list(s.train_positions(0))
+    assert [s.target(0, p) for p in train] == ids("abcd")
+    assert window_items(s, 0, train[0]) == [] and window_items(s, 0, train[1]) == ids("a")
     s = build_samples(block(0, {"u": ("", "abc")}), IDS)
+    assert [s.target(0, p) for p in s.train_positions(0)] == ids("a")
+
+
+def test_three_items_without_history_give_no_training_target_when_empty_history_is_off():
+    s = build_samples(block(0, {"u": ("", "abc")}), IDS, empty_history=False)
     assert list(s.train_positions(0)) == []
     assert s.examples("train") == []
     assert s.target(0, s.valid_position(0)) == IDS["b"]
@@ -117,12 +126,12 @@ def test_examples_and_train_targets_over_several_users():
         1,
         {
             "u0": ("ab", "cdef"),  # train c, d
-            "u1": ("", "ghijk"),  # train h, i (g has no history)
+            "u1": ("", "ghijk"),  # train h, i (g has no history: empty_history off)
             "u2": ("x", "yz"),  # skipped
             "u3": ("m", "nop"),  # train n
         },
     )
-    s = build_samples(b, IDS)
+    s = build_samples(b, IDS, empty_history=False)
     assert s.users == ["u0", "u1", "u3"]
     train = s.examples("train")
     assert [(u, s.target(u, p)) for u, p in train] == [
@@ -180,3 +189,45 @@ def test_window_never_exceeds_history_nor_includes_the_target(history):
             assert len(w) == min(history, p)
             assert w == seq[max(0, p - history) : p]
             assert s.target(u, p) == seq[p]
+
+
+def official_counts(blocks) -> list[tuple[int, int, int]]:
+    """The official rule (hsyoo32/peso Fine-tuning/continual_data_v2.py, _process_train_data), written
+    again: per user of a block, every position from len(previous_block) up to the last two is a training
+    target, the second to last the validation target and the last the test target; users with fewer than
+    3 items in the block are not evaluated."""
+    out = []
+    for b in blocks:
+        train = valid = test = 0
+        for prev, cur in zip(b.previous, b.current, strict=True):
+            if len(cur) < 3:
+                continue
+            seq = list(prev) + list(cur)
+            train += len(range(len(prev), len(seq) - 2))
+            valid += 1
+            test += 1
+        out.append((train, valid, test))
+    return out
+
+
+def test_counts_equal_the_official_rule_on_a_hand_made_block():
+    b = block(0, {"new": ("", "abcde"), "old": ("xy", "fgh"), "short": ("", "ab"), "three": ("", "ijk")})
+    s = build_samples(b, IDS)
+    assert official_counts([b]) == [(3 + 1 + 1, 3, 3)]
+    assert [(len(s.examples(k))) for k in ("train", "valid", "test")] == list(official_counts([b])[0])
+
+
+def test_counts_equal_the_official_rule_on_the_release_blocks():
+    from peso.data.release import read_release
+    from tests.conftest import CDS
+
+    data = read_release(CDS)
+    ids_ = {item: i for i, item in enumerate(data.index)}
+    got = []
+    for b in data.blocks:
+        s = build_samples(b, ids_, history=20)
+        got.append(tuple(len(s.examples(k)) for k in ("train", "valid", "test")))
+    want = official_counts(data.blocks)
+    assert got == want
+    off = [len(build_samples(b, ids_, empty_history=False).examples("train")) for b in data.blocks]
+    assert all(o < g[0] for o, g in zip(off, got, strict=True))  # every block has users new in it

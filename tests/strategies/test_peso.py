@@ -195,3 +195,29 @@ def test_method_settings_are_checked_by_the_method(tmp_path):
     with pytest.raises(PesoError) as e:
         load_config(path)
     assert "'peso:' section is gone" in str(e.value) and "{name: peso, lam: 1000.0}" in str(e.value)
+
+
+@pytest.mark.parametrize("rows", ["matrix", "row"])
+def test_the_term_can_hold_the_item_rows_too(tiny_lora, rows):
+    from peso.strategies.peso import item_row_params
+
+    model, _, _ = tiny_lora
+    strat = create({"name": "peso", "lam": 2.0, "rows": rows})
+    strat.setup_block(model, 1, None)
+    assert strat.extra_loss(model, None).item() == 0.0  # at the block start
+    ((name, delta),) = item_row_params(model)
+    before = delta.detach().clone()
+    with torch.no_grad():
+        delta.add_(0.1 * torch.randn_like(delta))
+    lora = [
+        _np_kl(a.detach().numpy(), a.detach().numpy()) * 0 for _, a, _ in lora_layers(model)
+    ]  # A, B unmoved
+    cur, prev = delta.detach().numpy(), before.numpy()
+    row_terms = (
+        [_np_kl(cur, prev)] if rows == "matrix" else [_np_kl(cur[r], prev[r]) for r in range(len(cur))]
+    )
+    by_hand = 2.0 * (sum(lora) + sum(row_terms)) / (len(lora) + len(row_terms))
+    assert strat.extra_loss(model, None).item() == pytest.approx(by_hand, rel=1e-4)  # returned in float32
+    plain = create({"name": "peso", "lam": 2.0})
+    plain.setup_block(model, 1, None)
+    assert plain.extra_loss(model, None).item() == 0.0  # the default leaves the rows free

@@ -3,6 +3,9 @@
 Per user and block: sequence = earlier-block items + this block's items (time order). Test target = the last
 item, validation target = the second to last, training targets = the block's earlier items, each predicted
 from the window of `history` items before it. Users with fewer than `min_items` items in the block are skipped.
+With `empty_history` (the official code's rule, `continual_data_v2.py` `_process_train_data`), a user's very
+first item is a training target too, predicted from an empty history: what teaches the model its
+unconditional prior, the answer for a user with no history.
 
 Samples keep one sequence per user with its target positions (not one copy per target), so that training can
 pack a user's targets into one pass; `examples()` expands them into (user, position) pairs.
@@ -24,13 +27,15 @@ class BlockSamples:
     sequences: list[np.ndarray]  # item indices, earlier blocks then this block
     block_start: np.ndarray  # per user: position where this block's items begin
     history: int
+    empty_history: bool = True  # position 0 (no history) is a training target
 
     def __len__(self) -> int:
         return len(self.users)
 
     def train_positions(self, u: int) -> range:
-        # the first item of a sequence has no history to predict it from, so it is never a target
-        return range(max(int(self.block_start[u]), 1), len(self.sequences[u]) - 2)
+        # every position of the block but the last two; the sequence's first item only with empty_history
+        first = int(self.block_start[u]) if self.empty_history else max(int(self.block_start[u]), 1)
+        return range(first, len(self.sequences[u]) - 2)
 
     def valid_position(self, u: int) -> int:
         return len(self.sequences[u]) - 2
@@ -62,6 +67,7 @@ def build_samples(
     history: int = 20,
     min_items: int = 3,
     max_users: int | None = None,
+    empty_history: bool = True,
 ) -> BlockSamples:
     """Apply the protocol to one block; `item_ids` maps item id -> index."""
     users, seqs, starts = [], [], []
@@ -74,4 +80,4 @@ def build_samples(
         starts.append(len(prev))
         if max_users is not None and len(users) >= max_users:
             break
-    return BlockSamples(block.number, users, seqs, np.array(starts, dtype=np.int64), history)
+    return BlockSamples(block.number, users, seqs, np.array(starts, dtype=np.int64), history, empty_history)

@@ -8,6 +8,8 @@ makes the term scale-aware for small adapter entries; tau = 1 is the paper.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -44,6 +46,11 @@ class PesoSettings(MethodSettings):
     tau: float = Field(
         1.0, gt=0, description="softmax temperature on the adapter entries, softmax(v / tau); 1 = the paper"
     )
+    rows: Literal["none", "matrix", "row"] = Field(
+        "none",
+        description="the item-token rows under the term too (not in the paper; they carry much of a continual "
+        "update): none; matrix: each trainable row matrix one more module; row: every row a module",
+    )
 
 
 @register
@@ -55,15 +62,39 @@ class Peso(AdapterStrategy):
         super().__init__(settings, context)
         self.lam, self.tau = settings.lam, settings.tau
         self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.row_anchors: dict[str, torch.Tensor] = {}
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
         self.anchors = anchors(model, self.tau)
+        self.row_anchors = {n: self._rows_logp(p.detach()) for n, p in item_row_params(model)}
+
+    def _rows_logp(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.settings.rows == "matrix":
+            return F.log_softmax(rows.reshape(-1).double() / self.tau, 0)
+        return F.log_softmax(rows.double() / self.tau, -1)  # one softmax per row
 
     def extra_loss(self, model: torch.nn.Module, step: Step) -> torch.Tensor | None:
         if not self.anchors or self.lam == 0:
             return None
-        return (self.lam * proximal_term(model, self.anchors, self.tau)).float()
+        if self.settings.rows == "none":
+            return (self.lam * proximal_term(model, self.anchors, self.tau)).float()
+        terms = [
+            softmax_kl(a / self.tau, self.anchors[name][0]) + softmax_kl(b / self.tau, self.anchors[name][1])
+            for name, a, b in lora_layers(model)
+        ]
+        for name, rows in item_row_params(model):
+            if self.settings.rows == "matrix":
+                terms.append(softmax_kl(rows / self.tau, self.row_anchors[name]))
+            else:
+                logp = F.log_softmax(rows.double() / self.tau, -1)
+                terms.extend((logp.exp() * (logp - self.row_anchors[name])).sum(-1))  # each row a module
+        return (self.lam * torch.stack(terms).mean()).float()
+
+
+def item_row_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The trainable item-token rows (PEFT's trainable-token deltas of the embedding and output layers)."""
+    return [(n, p) for n, p in model.named_parameters() if "trainable_tokens_delta" in n]
 
 
 def anchors(model: torch.nn.Module, tau: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
