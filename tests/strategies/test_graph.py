@@ -183,3 +183,23 @@ def test_run_end_to_end(tmp_path):
     got = {(r["method"], int(r["block"])) for r in rows}
     assert got == {(m["name"], b) for m in cfg["methods"] for b in (0, 1, 2)}
     assert all(float(r["train_seconds"]) > 0 for r in rows)
+
+
+def test_lightgcn_patience_stops_and_restores_the_best_epoch(monkeypatch):
+    catalogue, (s0, _) = toy_blocks()
+    m = create(config("lightgcn-finetune", epochs=6, patience=2))
+    m.start(0, catalogue)
+    losses, states = iter([2.0, 1.5, 1.7, 1.8, 0.1, 0.1]), []
+
+    def scripted(t):
+        states.append(m.model.item.detach().clone())
+        return next(losses)
+
+    monkeypatch.setattr(m, "valid_loss", scripted)
+    m.fit_block(0, s0)
+    assert len(states) == 4 and m.best_epoch == 2  # epochs 3 and 4 did not improve on epoch 2: stopped
+    assert torch.equal(m.model.item.detach(), states[1])
+    real = create(config("lightgcn-finetune", epochs=2, patience=1))
+    real.start(0, catalogue)
+    real.fit_block(0, s0)
+    assert np.isfinite(real.valid_loss(0)) and real.best_epoch in (1, 2)

@@ -64,13 +64,16 @@ def test_top_groups_pads_with_minus_one_and_excludes_unknown():
 def test_popular_ranks_groups_by_training_count_ties_by_id():
     sid = np.array([0, 1, 1, 2, 3, 4])
     cat = Catalogue(sid, 6, 5, [np.array([0, 1, 2, 3, 5]), np.arange(6)])
-    # one user: items 1,2 (group 1) x3, item 3 x2, item 0 x1; position 0 is never a target,
-    # the last two are valid and test
+    # one user: items 1,2 (group 1) x3, item 3 x2, item 0 x1; the last two are valid and test; position 0
+    # (item 5, group 4) is a target only with empty-history targets
     seq = np.array([5, 1, 2, 1, 3, 3, 0, 4, 4])
-    s = BlockSamples(0, ["u"], [seq], np.zeros(1, dtype=np.int64), 3)
+    s = BlockSamples(0, ["u"], [seq], np.zeros(1, dtype=np.int64), 3, empty_history=False)
     m = create("popular")
     m.start(0, cat)
     assert m.fit_block(0, s) is None
     # group 4 (item 5) never a training target: count 0, still known; group 3 (item 4) unknown at t=0
     np.testing.assert_array_equal(m.rank(0, s, 5), [[1, 2, 0, 4, -1]])
     np.testing.assert_array_equal(m.rank(1, s, 5), [[1, 2, 0, 3, 4]])
+    s = BlockSamples(0, ["u"], [seq], np.zeros(1, dtype=np.int64), 3)  # group 4 now counts 1, ties with 0
+    m.fit_block(0, s)
+    np.testing.assert_array_equal(m.rank(1, s, 5), [[1, 2, 0, 4, 3]])

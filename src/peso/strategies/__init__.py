@@ -5,6 +5,7 @@ from peso.strategies import (  # noqa: F401  (registers them)
     cumulative,
     frozen,
     lightgcn,
+    lsat,
     peso,
     pisa,
     piw,

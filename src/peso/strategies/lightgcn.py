@@ -58,6 +58,12 @@ class LightGCNSettings(MethodSettings):
     continual_epochs: int = Field(
         15, ge=1, description="epochs of each later block and of PISA's forward model (the repo: <= 500)"
     )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many epochs without a lower validation BPR loss (each user's validation "
+        "target against fixed negatives), the best epoch restored; null: every epoch (as before)",
+    )
 
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -194,6 +200,11 @@ class LightGCNFinetune(StandaloneMethod):
     def prepare_block(self, t: int, s: BlockSamples) -> tuple[np.ndarray, np.ndarray]:
         """Rows, this block's graph and the variant's set-up; returns the training pairs."""
         users, items = self.interactions(t, s)
+        valid = s.examples("valid")
+        self.valid_pairs = (
+            torch.as_tensor([self.rows[s.users[u]] for u, _ in valid], dtype=torch.long),
+            torch.as_tensor([s.target(u, p) for u, p in valid], dtype=torch.long),
+        )
         self.graph = normalized_adjacency(users, items, len(self.rows), self.catalogue.n_items)
         self.setup_block(t, users, items)
         return users, items
@@ -204,6 +215,7 @@ class LightGCNFinetune(StandaloneMethod):
         opt = torch.optim.Adam(self.trainable(), lr=g.lr, weight_decay=g.l2)
         u_all, i_all = torch.as_tensor(users), torch.as_tensor(items)
         last = float("nan")
+        best: tuple[float, int, dict | None] = (float("inf"), 0, None)
         where, fix = f"seed {self.seed} method {self.name} block {t}", f"lower graph.lr ({g.lr:g})"
         for epoch in range(1, epochs + 1):
             self.before_epoch(t)
@@ -217,7 +229,34 @@ class LightGCNFinetune(StandaloneMethod):
                 losses.append(loss.item())
             last = float(np.mean(losses)) if losses else last
             note(f"{where} epoch {epoch}/{epochs}: train loss {last:.4f}")
+            if g.patience is not None:
+                v = self.valid_loss(t)
+                if v < best[0]:
+                    best = (v, epoch, {k: p.detach().clone() for k, p in self._trained().items()})
+                elif epoch - best[1] >= g.patience:
+                    note(
+                        f"{where}: stopped after epoch {epoch}, {g.patience} without a lower validation loss"
+                    )
+                    break
+        if g.patience is not None and best[2] is not None:
+            with torch.no_grad():
+                for k, p in self._trained().items():
+                    p.copy_(best[2][k])
+            self.best_epoch = best[1]
         return last
+
+    def _trained(self) -> dict[str, torch.Tensor]:
+        return {str(i): p for i, p in enumerate(self.trainable())}
+
+    @torch.no_grad()
+    def valid_loss(self, t: int) -> float:
+        """BPR of each validation target against negatives fixed per block (the same at every epoch)."""
+        u, pos = self.valid_pairs
+        known = torch.as_tensor(self.catalogue.known[t])
+        gen = torch.Generator().manual_seed(self.seed * 1000 + t)
+        neg = known[torch.randint(len(known), (len(u), self.settings.negatives), generator=gen)]
+        users, items = self.model(self.graph)
+        return float(bpr_loss(users, items, u, pos, neg))
 
     def trainable(self) -> list[nn.Parameter]:
         """What Adam updates (and decays by `l2`): the embeddings."""
