@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +164,37 @@ def deployed(runs: Path, tmp_path: Path, method: str = "peso") -> Path:
     store = tmp_path / f"store-{method}"
     assert main(["deploy", str(runs / "run4"), "--method", method, "--out", str(store)]) == 0
     return store
+
+
+def update_command(store: Path, slice_csv: Path) -> list[str]:
+    return [sys.executable, "-m", "peso.cli", "update", str(store), str(slice_csv), "--guard", "none"]
+
+
+def run_update(store: Path, slice_csv: Path) -> None:
+    """`peso update` in its own process, to its end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(update_command(store, slice_csv), env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def kill_update_while_training(store: Path, slice_csv: Path, log: Path) -> None:
+    """Start `peso update` and SIGKILL it while it trains. No clock: the loop ends on its first epoch line,
+    or when the process ends (a failure), however loaded the machine."""
+    import signal
+    import time
+
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            update_command(store, slice_csv),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    try:
+        while " epoch " not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -8,10 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 
 from peso.cli import main
 from peso.store import Store
-from tests.conftest import deployed, tree
+from tests.conftest import deployed, kill_update_while_training, tree
 
 
 def rows(path: Path) -> dict:
@@ -142,29 +140,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(runs, tmp_pa
 def test_a_killed_update_leaves_the_store_as_it_was_and_runs_again(runs, tmp_path):
     store = deployed(runs, tmp_path)
     before = tree(store)
-    log = tmp_path / "update.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "peso.cli",
-        "update",
-        str(store),
-        str(runs / "block4.csv"),
-        "--guard",
-        "none",
-    ]
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
-    try:  # killed while it trains: no clock, the loop ends on that line or when the process ends (a failure)
-        while " epoch " not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_update_while_training(store, runs / "block4.csv", tmp_path / "update.log")
     assert Store(store).current() == 1 and Store(store).versions() == [1]
     assert tree(store) == before  # nothing visible changed (a dead process's LOCK is the only trace)
     assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0

@@ -20,7 +20,7 @@ import pytest
 
 from peso.cli import main
 from peso.store import Store
-from tests.conftest import deployed
+from tests.conftest import deployed, kill_update_while_training, run_update
 
 
 def free_port() -> int:
@@ -243,18 +243,7 @@ def run_under_load(url: str, seconds: float, during) -> tuple[dict, list]:
 
 def test_a_swap_under_load_fails_no_request(server, store, runs, capsys):
     def publish() -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "peso.cli",
-            "update",
-            str(store),
-            str(runs / "block4.csv"),
-            "--guard",
-            "none",
-        ]
-        assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+        run_update(store, runs / "block4.csv")
         for _ in range(300):  # the server's watcher picks it up
             if httpx.get(f"{server.url}/healthz").json()["version"] == 2:
                 return
@@ -275,29 +264,7 @@ def test_a_swap_under_load_fails_no_request(server, store, runs, capsys):
 
 def test_a_killed_update_under_load_fails_no_request_and_changes_nothing(server, store, runs):
     def kill_an_update() -> None:
-        log = store.parent / "update.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "peso.cli",
-            "update",
-            str(store),
-            str(runs / "block4.csv"),
-            "--guard",
-            "none",
-        ]
-        with log.open("w") as f:
-            proc = subprocess.Popen(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-            )
-        try:
-            while " epoch " not in log.read_text():
-                assert proc.poll() is None, log.read_text()[-2000:]
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+        kill_update_while_training(store, runs / "block4.csv", store.parent / "update.log")
 
     seen, failures = run_under_load(server.url, 8, kill_an_update)
     assert failures == [] and {v for vs in seen.values() for v in vs} == {1}
@@ -326,18 +293,7 @@ def test_two_workers_share_the_store_and_each_swaps(store, runs):
     s = Server(store, "--workers", "2")
     try:
         assert all(s.post({"user": "90"}).json()["version"] == 1 for _ in range(20))
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [
-            sys.executable,
-            "-m",
-            "peso.cli",
-            "update",
-            str(store),
-            str(runs / "block4.csv"),
-            "--guard",
-            "none",
-        ]
-        assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+        run_update(store, runs / "block4.csv")
         versions = []
         for _ in range(300):  # every answer from either worker is version 2, within a bounded wait
             versions = [s.post({"user": "90"}).json()["version"] for _ in range(10)]
