@@ -49,7 +49,10 @@ def penalty_shares(runs: list[Path], seeds: list[int] | None = None) -> dict[str
 
 
 def dataset_summary(
-    runs: list[Path], time_seeds: list[int] | None = None, seeds: list[int] | None = None
+    runs: list[Path],
+    time_seeds: list[int] | None = None,
+    seeds: list[int] | None = None,
+    refs: tuple[str, ...] = ("single", "peso"),
 ) -> dict[str, dict]:
     """method -> figures of one dataset (see the module docstring), over `seeds` only if given."""
     rows, per_user, _ = combine(runs)
@@ -57,7 +60,7 @@ def dataset_summary(
         rows = [r for r in rows if int(r["seed"]) in seeds]
         per_user = {k: v for k, v in per_user.items() if k[1] in seeds}
     shares = penalty_shares(runs, seeds)
-    means, intervals = continual_means(rows), compare_methods(per_user)
+    means, intervals = continual_means(rows), compare_methods(per_user, refs)
     last = max(r["block"] for r in rows)
     out = {}
     for method, ms in means.items():
@@ -85,22 +88,21 @@ def _mean(v: tuple[float, float], n: int) -> str:
     return f"{v[0]:.4f}" if n == 1 else f"{v[0]:.4f} ± {v[1]:.4f}"
 
 
-def tables(data: dict[str, dict[str, dict]]) -> str:
+def tables(data: dict[str, dict[str, dict]], refs: tuple[str, ...] = ("single", "peso")) -> str:
     methods = list(dict.fromkeys(m for d in data.values() for m in d))
     names = list(data)
-    head = ["method"] + [f"{n} {c}" for n in names for c in ("NDCG@10 (seeds)", "vs single", "vs peso")]
+    head = ["method"] + [f"{n} {c}" for n in names for c in ("NDCG@10 (seeds)", *(f"vs {r}" for r in refs))]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for m in methods:
         cells = [m]
         for n in names:
             f = data[n].get(m)
             if f is None:
-                cells += ["", "", ""]
+                cells += [""] * (1 + len(refs))
                 continue
             cells += [
                 f"{_mean(f['ndcg@10'], f['seeds'])} ({f['seeds']})",
-                f["vs"].get("single", ""),
-                f["vs"].get("peso", ""),
+                *(f["vs"].get(r, "") for r in refs),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     head = ["method"] + [
@@ -132,15 +134,19 @@ def main() -> None:
     ap.add_argument("--dataset", nargs="+", action="append", required=True, metavar=("NAME", "RUN_DIR"))
     ap.add_argument("--time-seeds", nargs="+", type=int)
     ap.add_argument("--seeds", nargs="+", type=int, help="only these seeds (e.g. a sweep run on seed 0)")
+    ap.add_argument(
+        "--refs", nargs="+", default=["single", "peso"], help="methods the paired intervals are taken against"
+    )
     ap.add_argument("--md", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    refs = tuple(args.refs)
     data = {}
     for name, *runs in args.dataset:
         if not runs:
             ap.error(f"--dataset {name}: give at least one run folder")
-        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds, args.seeds)
-    text = tables(data)
+        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds, args.seeds, refs)
+    text = tables(data, refs)
     print(text)
     if args.md:
         write_text(args.md, text)

@@ -223,11 +223,11 @@ def test_the_term_can_hold_the_item_rows_too(tiny_lora, rows):
     assert plain.extra_loss(model, None).item() == 0.0  # the default leaves the rows free
 
 
-def test_peso_adaptive_sets_lambda_from_the_drift_between_blocks(tiny_lora):
+def test_peso_adaptive_sets_lambda_from_the_popularity_gain_of_the_block(tiny_lora):
     from peso.data.samples import BlockSamples
     from peso.pack import pack
     from peso.strategies.base import BlockData
-    from peso.strategies.peso import target_drift
+    from peso.strategies.peso import popularity_gain
 
     model, space, index = tiny_lora
 
@@ -235,19 +235,17 @@ def test_peso_adaptive_sets_lambda_from_the_drift_between_blocks(tiny_lora):
         seqs = [np.array(s) for s in items]
         return BlockSamples(1, [f"u{i}" for i in range(len(seqs))], seqs, np.zeros(len(seqs), dtype=int), 3)
 
-    a = pack(block([[0, 1, 2, 3, 4], [0, 1, 2, 5, 6]]), space, "train")  # targets 0,1,2 and 0,1,2
-    b = pack(block([[7, 8, 9, 3, 4], [7, 8, 9, 5, 6]]), space, "train")  # targets 7,8,9 twice: disjoint IDs
-    assert target_drift(a, a) == 0.0 and target_drift(a, b) == pytest.approx(1.0)
-    half = pack(block([[0, 1, 2, 3, 4], [7, 8, 9, 5, 6]]), space, "train")
-    p, q = np.array([2, 2, 2, 0, 0, 0]) / 6, np.array([1, 1, 1, 1, 1, 1]) / 6  # the two distributions
-    m = (p + q) / 2
-    js = math.sqrt(
-        0.5 * sum(x * math.log2(x / y) for x, y in zip(p, m, strict=True) if x)
-        + 0.5 * sum(x * math.log2(x / y) for x, y in zip(q, m, strict=True) if x)
-    )
-    assert target_drift(a, half) == pytest.approx(js)
+    # each user's targets (positions 0-2) make one segment: fold 0 is user 0, fold 1 user 1
+    before = pack(block([[0, 1, 2, 3, 4], [0, 1, 2, 5, 6]]), space, "train")  # 0, 1, 2 twice
+    now = pack(block([[7, 8, 9, 3, 4], [7, 8, 0, 5, 6]]), space, "train")  # 7, 8, 9 and 7, 8, 0
+    # by hand, add-one over {0, 1, 2, 7, 8, 9} + unseen = 7 IDs: a fold's 3 counts -> total 10, before's 6 -> 13
+    fold0 = (2 * math.log(2 / 10) + math.log(1 / 10)) / 3 - math.log(1 / 13)  # 7, 8, 9 under fold 1 / before
+    fold1 = (2 * math.log(2 / 10) + math.log(1 / 10)) / 3 - (2 * math.log(1 / 13) + math.log(3 / 13)) / 3
+    gain = (fold0 + fold1) / 2
+    assert popularity_gain(before, now) == pytest.approx(gain)
+    assert popularity_gain(before, before) == pytest.approx(math.log((2 / 7) / (3 / 10)))  # < 0: nothing new
     strat = create({"name": "peso-adaptive", "lam": 100.0, "kappa": 2.0})
-    strat.setup_block(model, 1, BlockData(half, a, 8))
-    assert strat.lam == pytest.approx(100.0 * (1 - js) ** 2)
-    strat.setup_block(model, 2, BlockData(a, a, 8))
-    assert strat.lam == 100.0  # no drift: PESO's full weight
+    strat.setup_block(model, 1, BlockData(now, before, 8))
+    assert strat.lam == pytest.approx(100.0 * math.exp(-2.0 * gain))
+    strat.setup_block(model, 2, BlockData(before, before, 8))
+    assert strat.lam == 100.0  # a negative gain keeps PESO's full weight
