@@ -110,3 +110,13 @@ def test_prompted_top10_equals_generate_with_prefix_allowed_tokens(local_checkpo
     ours = recommend(model, prompts, space, trie, beam=16, top_k=10, batch_size=4, merge=False)
     theirs = generate_reference(model, prompts, space, trie, beam=16, top_k=10, batch_size=4)
     assert np.array_equal(ours, theirs)
+
+
+def test_compiled_decoding_gives_the_same_lists(tiny_lora):
+    model, space, index = tiny_lora
+    trie = Trie(index.sid_codes, index.level_sizes)
+    rng = np.random.default_rng(4)
+    prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 7)))) for _ in range(10)]
+    eager = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4)
+    compiled = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, compile=True)
+    assert np.array_equal(eager, compiled)

@@ -90,17 +90,20 @@ def recommend(
     batch_size: int,
     desc: str = "decode",
     merge: bool = True,
+    compile: bool = False,
 ) -> np.ndarray:
     """Top-k semantic-ID groups for every prompt, (len(prompts), top_k), -1 where fewer exist. `merge`:
-    LoRA folded into the weights meanwhile (`peso.model.merged`)."""
+    LoRA folded into the weights meanwhile (`peso.model.merged`); `compile`: the forward through
+    torch.compile (inductor)."""
     model.eval()
+    forward = torch.compile(model, dynamic=True) if compile else model  # same parameters, merged or not
     out = np.full((len(prompts), top_k), -1, dtype=np.int64)
     # similar lengths together: less padding
     order = np.argsort([len(p) for p in prompts], kind="stable")
     with merged(model) if merge else nullcontext(model):
         for start in bar(range(0, len(prompts), batch_size), desc):
             rows = order[start : start + batch_size]
-            sids, _ = beam_search_batch(model, [prompts[r] for r in rows], space, trie, beam, top_k)
+            sids, _ = beam_search_batch(forward, [prompts[r] for r in rows], space, trie, beam, top_k)
             out[rows] = sids.cpu().numpy()
     return out
 

@@ -38,7 +38,9 @@ class Evaluator:
         d = self.decode_cfg
         mine = dist.shard(len(enc.prompts))
         prompts = [enc.prompts[i] for i in mine]
-        ranked = recommend(model, prompts, space, self.tries[t], d.beam, d.top_k, d.batch_size, desc, d.merge)
+        ranked = recommend(
+            model, prompts, space, self.tries[t], d.beam, d.top_k, d.batch_size, desc, d.merge, d.compile
+        )
         return dist.gather_rows(ranked)
 
     def score(self, ranked: np.ndarray, t: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
