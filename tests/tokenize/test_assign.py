@@ -92,3 +92,58 @@ def test_a_text_dataset_without_its_codebooks_cannot_give_ids(tmp_path):
     (data / "codebooks.safetensors").unlink()
     info = load_assigner(data, {"a": ["<a_0>", "<b_0>"]}, out)
     assert info["kind"] == "none" and "re-run `peso tokenize`" in info["why"]
+
+
+def test_collab_new_items_fold_in_next_to_the_items_their_users_chose(tmp_path):
+    """Two tastes (items a*, b*) tokenized by collab; a slice of new users, each of one taste, brings new
+    items of it. Folded in against the frozen factors, each new item lands under its taste's first-level code
+    (not all under one), every ID is new and distinct, and no known item's ID changes."""
+    from peso.data.prepare import CutSettings, prepare
+    from peso.data.prepared import read_interactions
+    from peso.tokenize.build import tokenize
+
+    rng = np.random.default_rng(0)
+    rows, t = [], 0
+
+    def pick(user: str, pool: list[str], n: int, out: list) -> None:
+        nonlocal t
+        for item in rng.choice(pool, n, replace=False):
+            out.append((user, str(item), t))
+            t += 1
+
+    a_items, b_items = [f"a{k}" for k in range(20)], [f"b{k}" for k in range(20)]
+    for u in range(60):  # block 0
+        pick(f"old{u}", a_items if u % 2 else b_items, 8, rows)
+    for u in range(20):  # block 1: known users, known items
+        pick(f"old{u}", a_items if u % 2 else b_items, 3, rows)
+    log = tmp_path / "log.csv"
+    pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_csv(log)
+    data = tmp_path / "d"
+    prepare([log], data, fmt="csv", settings=CutSettings(base_fraction=480 / len(rows), blocks=2))
+    tokenize(data, "collab", levels=2, codes=2, dim=4)
+    index = json.loads((data / "index.json").read_text())
+    before = json.dumps(index, sort_keys=True)
+    store = tmp_path / "store"
+    store.mkdir()
+    info = load_assigner(data, index, store)
+    assert info["kind"] == "collab"
+    new_a, new_b, fresh = [f"na{k}" for k in range(6)], [f"nb{k}" for k in range(6)], []
+    for u in range(40):  # the slice: only new users choose the new items
+        pick(f"new{u}", (a_items[:6] + new_a) if u % 2 else (b_items[:6] + new_b), 7, fresh)
+    slice_rows = pl.DataFrame(
+        {
+            "user": [r[0] for r in fresh],
+            "item": [r[1] for r in fresh],
+            "timestamp": [10_000 + r[2] for r in fresh],
+            "block": [2] * len(fresh),
+            "evaluated": [False] * len(fresh),
+        },
+        schema=EMPTY.schema,
+    )
+    ids = assign_new_items(store, info, index, _new(*new_a, *new_b), read_interactions(data), slice_rows)
+    first = {k: v[0] for k, v in index.items()}
+    assert (
+        {ids[i][0] for i in new_a} == {first[a_items[0]]} != {ids[i][0] for i in new_b} == {first[b_items[0]]}
+    )
+    assert len({tuple(v) for v in ids.values()} | {tuple(v) for v in index.values()}) == len(ids) + len(index)
+    assert json.dumps(index, sort_keys=True) == before
