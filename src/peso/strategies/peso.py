@@ -136,8 +136,8 @@ class PesoAdaptive(Peso):
     items, arrivals) frees the adapter: plasticity. Model-free and cheap: counts of target IDs.
 
     Designed on the simulator only (docs/results.md): gain_t is 0.10-0.16 nats in sim-noisy, where lambda 1e5
-    was the best fixed value, and about 2.0 in sim-trending, where lambda 0 (`single`) was; lam 2e5 and
-    kappa 4 give lambda_t of about 1.1e5-1.3e5 and 70 there. A first rule, lambda_t = lam * (1 - JS_t) ** kappa
+    was the best fixed value, and 1.8-2.0 in sim-trending, where lambda 0 (`single`) was; lam 2e5 and
+    kappa 4 give lambda_t of about 1.1e5-1.3e5 and 60-150 there. A first rule, lambda_t = lam * (1 - JS_t) ** kappa
     on the Jensen-Shannon distance between the two blocks' distributions, failed: JS_t is high for both
     worlds (0.5-0.6 and 0.8-0.9) because it cannot tell a diffuse change from a learnable one."""
 
