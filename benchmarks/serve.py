@@ -117,6 +117,18 @@ def bodies_of(store: Path, n: int, window: int) -> list[dict]:
     return [{"history": h[-window:]} for h in rows]
 
 
+def sweep(store: Path, bodies: list[dict], seconds: float, tag: dict) -> list[dict]:
+    """Points at concurrency 1 and 32 against a fresh server on `store`, each tagged."""
+    server, points = Server(store), []
+    try:
+        for c in (1, 32):
+            points.append(asyncio.run(measure(server.url, bodies, c, seconds)) | tag)
+            print(points[-1], flush=True)
+    finally:
+        server.close()
+    return points
+
+
 def make_store(tmp: Path, data: Path, beam: int, name: str, extra: list[str]) -> Path:
     config = tmp / f"{name}.yaml"
     config.write_text(
@@ -181,14 +193,7 @@ def main() -> None:
             info = json.loads((s2 / "store.json").read_text())
             info["config"]["decode"]["beam"] = beam
             (s2 / "store.json").write_text(json.dumps(info))
-            server = Server(s2)
-            try:
-                for c in (1, 32):
-                    p = asyncio.run(measure(server.url, bodies, c, args.seconds)) | {"beam": beam}
-                    out["beams"].append(p)
-                    print(p, flush=True)
-            finally:
-                server.close()
+            out["beams"] += sweep(s2, bodies, args.seconds, {"beam": beam})
         for items in args.catalogues:  # latency against the catalogue's size (simulated, 2-level IDs)
             world = tmp / f"world{items}"
             peso(
@@ -207,15 +212,7 @@ def main() -> None:
                 "latent",
             )
             s3 = make_store(tmp, world, 50, f"sim{items}", [])
-            server = Server(s3)
-            try:
-                b = bodies_of(s3, 500, 20)
-                for c in (1, 32):
-                    p = asyncio.run(measure(server.url, b, c, args.seconds)) | {"items": items}
-                    out["catalogues"].append(p)
-                    print(p, flush=True)
-            finally:
-                server.close()
+            out["catalogues"] += sweep(s3, bodies_of(s3, 500, 20), args.seconds, {"items": items})
     if args.json:
         write_text(args.json, json.dumps(out, indent=2) + "\n")
 
