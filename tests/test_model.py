@@ -29,6 +29,29 @@ def test_tiny_puts_item_tokens_after_the_specials_and_trains_their_rows():
     assert not any("base_layer" in n or n.endswith("embed_tokens.weight") for n in trainable)
 
 
+def test_tiny_dropout_is_attention_dropout_in_training_only():
+    index = small_index()
+    tiny = {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}
+    cfg = ModelConfig.model_validate({"name": "tiny", "tiny": {**tiny, "dropout": 0.5}})
+    torch.manual_seed(0)
+    backbone, space = load_backbone(cfg, index)
+    assert backbone.config.attention_dropout == 0.5
+    ids = torch.tensor([space.prompt(np.array([0, 1, 2, 3]))])
+    backbone.train()
+    with torch.no_grad():
+        a, b = backbone(ids).logits, backbone(ids).logits
+    assert not torch.allclose(a, b)  # a fresh mask per forward
+    backbone.eval()
+    with torch.no_grad():
+        off = backbone(ids).logits
+        assert torch.equal(off, backbone(ids).logits)
+    # evaluation equals the same weights built without dropout
+    plain, _ = load_backbone(ModelConfig.model_validate({"name": "tiny", "tiny": tiny}), index)
+    plain.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(ids).logits, off, atol=1e-6)
+
+
 def test_local_checkpoint_gets_the_instruction_prompt_and_untied_item_rows(local_checkpoint):
     index = small_index()
     cfg = ModelConfig.model_validate(

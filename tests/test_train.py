@@ -124,3 +124,32 @@ def test_patience_stops_a_block_and_restores_the_best_epoch(tiny_lora, monkeypat
     no_patience = train_module.Schedule(lr=1e-2, epochs=5, batch_size=4, warmup_steps=0)
     losses = iter([3.0, 2.0, 2.5, 2.6, 1.0])
     assert train_module.train_block(model, data, valid, no_patience, seed=0).epochs == 5
+
+
+def test_a_method_s_own_continual_schedule_trains_as_the_run_wide_one(tmp_path):
+    """`{name: peso, continual_lr_scale: 1, continual_epochs: 2}` in a run whose train section says 0.1 and 1
+    epoch trains block 1 exactly as a run whose train section says 1 and 2: same epochs, losses and lists.
+    `single` beside it keeps the run-wide schedule (one epoch). Several schedules thus share one block 0."""
+    data = write_data(tmp_path / "data")
+    base = {**BASE, "data": {"path": str(data)}, "train": {**BASE["train"], "continual_epochs": 1}}
+    own = {"name": "peso", "lam": 10.0, "label": "p-own", "continual_lr_scale": 1.0, "continual_epochs": 2}
+    runs = {
+        "own": {**base, "methods": [own, "single"]},
+        "wide": {
+            **base,
+            "methods": [{"name": "peso", "lam": 10.0, "label": "p-own"}],
+            "train": {**base["train"], "continual_lr_scale": 1.0, "continual_epochs": 2},
+        },
+    }
+    logs, lists = {}, {}
+    for name, cfg in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["run", "--config", str(path), "--out", str(tmp_path / name)]) == 0
+        with (tmp_path / name / "training.csv").open() as f:
+            logs[name] = [r for r in csv.DictReader(f) if r["block"] == "1"]
+        lists[name] = (tmp_path / name / "seed_0" / "p-own" / "block_1" / "recommendations.csv").read_text()
+    mine = [r for r in logs["own"] if r["method"] == "p-own"]
+    assert len(mine) == 2 and mine == logs["wide"]  # every epoch's train CE, term and validation loss
+    assert lists["own"] == lists["wide"]
+    assert len([r for r in logs["own"] if r["method"] == "single"]) == 1

@@ -36,6 +36,7 @@ from peso.model import attach_lora, load_backbone, merged
 from peso.pack import Packed, pack
 from peso.params import ParamSets
 from peso.runfolder import CONFIG, read_csv, read_progress, read_unit, unit_dir, unit_name
+from peso.settings import method_train
 from peso.store import (
     CURRENT,
     FORMAT,
@@ -430,7 +431,7 @@ def update(
         BlockData(train, prev_pack, cfg.train.batch_size),
         valid,
         earlier,
-        block_trainer(cfg.train, seed, t, label),
+        block_trainer(method_train(live.method.settings, cfg.train), seed, t, label),
         live.params,
     )
     report_train = live.method.run_block(model, block)

@@ -45,6 +45,7 @@ def _tiny(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpa
         num_attention_heads=t.heads,
         num_key_value_heads=t.heads,
         max_position_embeddings=t.max_positions,
+        attention_dropout=t.dropout,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,

@@ -41,6 +41,7 @@ from peso.pack import Packed, pack
 from peso.params import ParamSets
 from peso.report import ResultsLog, Trained, console_table, plot
 from peso.runfolder import BLOCK0, Unit, unit_name
+from peso.settings import MethodSettings, method_train
 from peso.strategies import (
     AdapterStrategy,
     Block,
@@ -306,9 +307,11 @@ class Run:
         ]
         return Backbone(model, space, params, encs, full)
 
-    def trainer(self, seed: int, t: int, label: str):
-        """The run's training loop for block position t, its epochs logged to training.csv."""
-        return block_trainer(self.cfg.train, seed, t, label, lambda r: self.log.training(label, seed, t, r))
+    def trainer(self, seed: int, t: int, label: str, settings: MethodSettings | None = None):
+        """The run's training loop for block position t (with the method's own continual schedule, if it has
+        one), its epochs logged to training.csv."""
+        tc = method_train(settings, self.cfg.train)
+        return block_trainer(tc, seed, t, label, lambda r: self.log.training(label, seed, t, r))
 
     def block0(self, seed: int, bb: Backbone, adapters: list[AdapterStrategy]) -> None:
         """Block 0, shared: tiny models learn every weight here (they start from random), LLMs the adapter."""
@@ -348,7 +351,7 @@ class Run:
             with self.unit(self._name(seed, m, t), [folder], previous) as record:
                 data = BlockData(encs[t].train, encs[t - 1].train, self.cfg.train.batch_size)
                 earlier = lambda t=t: [e.train for e in encs[:t]]  # noqa: E731 (only retraining reads them)
-                train = self.trainer(seed, t, m.label)
+                train = self.trainer(seed, t, m.label, m.settings)
                 block = Block(t, data, encs[t].valid, earlier, train, bb.params)
                 report = m.run_block(bb.model, block)
                 nbytes = export_block(m.export, bb.model, bb.space, folder / "adapter") if report else 0

@@ -44,6 +44,7 @@ class TinyConfig(_Section):
     heads: int = Field(4, ge=1)
     intermediate: int = Field(512, ge=8)
     max_positions: int = Field(512, ge=16)
+    dropout: float = Field(0.0, ge=0, lt=1, description="attention dropout (Llama has no other dropout)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyConfig:
@@ -142,3 +143,34 @@ class MethodSettings(_Section):
     @property
     def key(self) -> str:
         return self.label or self.name
+
+
+class AdapterSettings(MethodSettings):
+    """What every adapter strategy shares: its own continual schedule where it differs from `train`'s, so
+    that each method's schedule can be chosen on validation by one rule (several in one run share block 0)."""
+
+    continual_lr_scale: float | None = Field(
+        None, gt=0, description="this method's blocks 1.. train at train.lr * this (default: train's)"
+    )
+    continual_epochs: int | None = Field(
+        None, ge=1, description="epochs of this method's blocks 1.. (default: train.continual_epochs)"
+    )
+    continual_patience: int | None = Field(
+        None,
+        ge=1,
+        description="early-stopping patience of this method's blocks 1.. (default: train.patience)",
+    )
+
+    def train_config(self, tc: TrainConfig) -> TrainConfig:
+        """`tc` with this method's continual schedule (what its blocks 1.. train with)."""
+        update = {
+            "continual_lr_scale": self.continual_lr_scale,
+            "continual_epochs": self.continual_epochs,
+            "patience": self.continual_patience,
+        }
+        return tc.model_copy(update={k: v for k, v in update.items() if v is not None})
+
+
+def method_train(settings: MethodSettings | None, tc: TrainConfig) -> TrainConfig:
+    """What a method's blocks 1.. train with: `tc`, with the method's own continual schedule if it has one."""
+    return settings.train_config(tc) if isinstance(settings, AdapterSettings) else tc

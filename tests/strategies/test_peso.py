@@ -186,6 +186,9 @@ def test_method_settings_are_checked_by_the_method(tmp_path):
         ("[peso, peso]", "['peso'] listed twice"),
         ("[{name: peso, label: a/b}]", "folder name"),
         ("[{lam: 3}]", "neither a method name nor a mapping with 'name'"),
+        ("[{name: single, continual_lr_scale: 0}]", "methods[0] (single): 'continual_lr_scale'"),
+        ("[{name: frozen, continual_epochs: 2}]", "methods[0] (frozen): 'continual_epochs': unknown setting"),
+        ("[{name: popular, continual_lr_scale: 1}]", "methods[0] (popular): 'continual_lr_scale': unknown"),
     ):
         path.write_text(f"data: {{path: .}}\nmethods: {methods}\n")
         with pytest.raises(PesoError) as e:

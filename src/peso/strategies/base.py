@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from peso.data.samples import BlockSamples
 from peso.pack import Packed, Step
 from peso.params import ParamSets
-from peso.settings import MethodSettings
+from peso.settings import AdapterSettings, MethodSettings
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -143,6 +143,7 @@ class AdapterStrategy(Method):
     after it runs through `run_block`: set up, train with the extra term, finish."""
 
     uses_backbone = True
+    Settings: ClassVar[type[MethodSettings]] = AdapterSettings
 
     def run_block(self, model: torch.nn.Module, block: Block) -> Any:
         """Adapt the model to block t; returns the training report (None: nothing trained)."""

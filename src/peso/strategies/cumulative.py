@@ -34,7 +34,7 @@ from torch import nn
 
 from peso.model import lora_layers
 from peso.pack import forward_targets
-from peso.settings import MethodSettings
+from peso.settings import AdapterSettings, MethodSettings
 from peso.strategies.base import AdapterStrategy, BlockData, RunContext, State, register, save_adapter
 
 CHILD = "cumulative_past"  # attribute name of the PastAdapters child on each LoRA layer (no "lora_": PEFT
@@ -232,7 +232,7 @@ class SumLoraLatestInherit(Cumulative):
     keep_latest = inherit = True
 
 
-class SdLoraSettings(MethodSettings):
+class SdLoraSettings(AdapterSettings):
     magnitude_init: float = Field(
         1.0,
         gt=0,
@@ -344,7 +344,7 @@ def extend_basis(basis: torch.Tensor, gram: torch.Tensor, energy: float, keep_fr
     return torch.cat([basis, dirs[:, :k]], dim=1)
 
 
-class InfLoraSettings(MethodSettings):
+class InfLoraSettings(AdapterSettings):
     energy: float = Field(
         0.97,
         gt=0,

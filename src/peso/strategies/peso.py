@@ -19,7 +19,7 @@ from pydantic import Field
 from peso.model import lora_layers
 from peso.pack import Packed, Step
 from peso.progress import note
-from peso.settings import MethodSettings
+from peso.settings import AdapterSettings
 from peso.strategies.base import AdapterStrategy, BlockData, RunContext, register
 
 
@@ -44,7 +44,7 @@ def proximal_term(
     return torch.stack(terms).mean()
 
 
-class PesoSettings(MethodSettings):
+class PesoSettings(AdapterSettings):
     lam: float = Field(5.0, ge=0, description="lambda, weight of the softmax-KL proximal term")
     tau: float = Field(
         1.0, gt=0, description="softmax temperature on the adapter entries, softmax(v / tau); 1 = the paper"

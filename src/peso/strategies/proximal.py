@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from peso.model import lora_layers
 from peso.pack import Step, forward_targets
-from peso.settings import MethodSettings
+from peso.settings import AdapterSettings, MethodSettings
 from peso.strategies.base import AdapterStrategy, BlockData, RunContext, State, register, save_adapter
 from peso.strategies.peso import Peso, PesoSettings, proximal_term
 
@@ -84,7 +84,7 @@ class _WeightSpace(AdapterStrategy):
         raise NotImplementedError
 
 
-class L2Settings(MethodSettings):
+class L2Settings(AdapterSettings):
     lam: float = Field(1.0, ge=0, description="weight of mean_m (||A - A_prev||_F + ||B - B_prev||_F)")
 
 
@@ -98,7 +98,7 @@ class L2(_WeightSpace):
         return torch.linalg.matrix_norm(a - a0) + torch.linalg.matrix_norm(b - b0)
 
 
-class OrthogonalSettings(MethodSettings):
+class OrthogonalSettings(AdapterSettings):
     lam: float = Field(
         0.5, ge=0, description="weight of mean_m (||A A_prev^T||_F^2 + ||B^T B_prev||_F^2) (O-LoRA)"
     )
@@ -116,7 +116,7 @@ class Orthogonal(_WeightSpace):
         return (a @ a0.T).square().sum() + (b.T @ b0).square().sum()
 
 
-class OutputKLSettings(MethodSettings):
+class OutputKLSettings(AdapterSettings):
     lam: float = Field(
         1.0, ge=0, description="weight of KL(current || previous model) of next-token distributions"
     )
@@ -197,7 +197,7 @@ def _tokens_per_target(packed, rows, tokens: int) -> int:
     return tokens // n
 
 
-class EWCSettings(MethodSettings):
+class EWCSettings(AdapterSettings):
     lam: float = Field(100.0, ge=0, description="weight of sum_i F_i (theta_i - theta_prev_i)^2 / 2")
     targets: int = Field(
         2048, ge=1, description="previous-block training targets whose gradients estimate the Fisher"

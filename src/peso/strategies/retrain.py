@@ -7,12 +7,14 @@ from typing import Any
 import torch
 
 from peso.pack import concat
+from peso.settings import MethodSettings
 from peso.strategies.base import AdapterStrategy, Block, register
 
 
 @register
 class Retrain(AdapterStrategy):
     name = "retrain"
+    Settings = MethodSettings  # block 0's schedule at every block, not a continual one
 
     def run_block(self, model: torch.nn.Module, block: Block) -> Any:
         block.params.restore("init")

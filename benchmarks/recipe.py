@@ -1,0 +1,165 @@
+"""Block-0 recipe study (issue 18 §1): train the `tiny` LLM recommender on block 0 under each setting, to
+convergence (early stopping on validation loss, the epochs a cap sized so a setting fits ~60 min on one core),
+and compare the settings by validation loss only. Block-0 test Hit@10 / NDCG@10 are reported beside it, never
+used to choose. SASRec and LightGCN, trained to convergence the same way in their own folder, are the
+references, paired per test user.
+
+    python benchmarks/recipe.py --config configs/cds.yaml --out runs/recipe-cds --only h64 h128 \\
+        --refs runs/recipe-cds/classic --json benchmarks/results/recipe-cds.json --png docs/img/recipe-cds.png
+
+Each setting is a `peso run` of blocks 0-1 with `frozen` (a run needs a later block; block 1 costs one decode)
+in OUT/<setting>; a finished folder is read, an unfinished one resumed. Runs use one thread. A setting's
+overrides are `--set` values, listed in SETTINGS below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from peso.compare import paired_bootstrap
+from peso.io import write_text
+from peso.runfolder import read_units
+
+COMMON = ["threads=1", "data.blocks=[0,1]", "methods=[frozen]", "train.patience=3"]
+# name -> (overrides, what it changes). The caps come from measured epoch times on CDs (h64: ~70 s an epoch).
+SETTINGS: dict[str, tuple[list[str], str]] = {
+    "h64": (["train.epochs=30"], "the configs' model (hidden 64, 2 layers, lr 3e-3), trained to convergence"),
+    "h64-lr1e-3": (["train.epochs=30", "train.lr=1.0e-3"], "lr 1e-3"),
+    "h64-lr1e-2": (["train.epochs=30", "train.lr=1.0e-2"], "lr 1e-2"),
+    "h128": (["train.epochs=20", "model.tiny.hidden=128", "model.tiny.intermediate=512"], "hidden 128"),
+    "h256": (["train.epochs=8", "model.tiny.hidden=256", "model.tiny.intermediate=1024"], "hidden 256"),
+    "h64-l4": (["train.epochs=20", "model.tiny.layers=4"], "4 layers"),
+    "h64-hist50": (["train.epochs=20", "data.history=50"], "history 50"),
+    "h64-drop0.1": (["train.epochs=30", "model.tiny.dropout=0.1"], "attention dropout 0.1"),
+}
+
+
+def run_setting(config: Path, out: Path, name: str) -> Path:
+    folder = out / name
+    overrides = [*COMMON, *SETTINGS[name][0]]
+    if (folder / "progress.json").is_file():
+        units = json.loads((folder / "progress.json").read_text())["completed"]
+        if len(units) >= 2:  # block 0 and frozen's block 1
+            return folder
+        cmd = ["peso", "run", "--resume", str(folder)]
+    else:
+        cmd = ["peso", "run", "--config", str(config), "--out", str(folder)]
+        cmd += [f"--set={o}" for o in overrides]
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise SystemExit(f"{name}: peso run failed (see above)")
+    return folder
+
+
+def block0(folder: Path, method: str) -> dict:
+    """One method's block-0 figures and learning curve from a run folder."""
+    rows, log, per_user = read_units(folder)
+    row = next(r for r in rows if r["method"] == method and int(r["block"]) == 0)
+    label = "block0" if method == "frozen" else method
+    curve = [float(r["valid_loss"]) for r in log if r["method"] == label and int(r["block"]) == 0]
+    return {
+        "valid_loss": min(curve) if curve else None,
+        "curve": curve,
+        "epochs": len(curve),
+        "best_epoch": int(row["best_epoch"]),
+        "hit@10": float(row["hit@10"]),
+        "ndcg@10": float(row["ndcg@10"]),
+        "train_seconds": float(row["train_seconds"]),
+        "users": int(row["users"]),
+        "per_user": per_user[(method, 0, 0)],
+    }
+
+
+def plot(results: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results.items():
+        if r["curve"] and not name.startswith(("sasrec", "lightgcn")):
+            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker=".", label=name)
+    ax.set(xlabel="epoch", ylabel="validation loss (CE, T=0.8)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="one folder per setting under it")
+    ap.add_argument("--only", nargs="+", choices=list(SETTINGS), help="these settings (default: all)")
+    ap.add_argument("--no-run", action="store_true", help="only read the folders that exist")
+    ap.add_argument("--refs", nargs="*", type=Path, default=[], help="run folders of sasrec/lightgcn")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--png", type=Path)
+    args = ap.parse_args()
+
+    names = args.only or list(SETTINGS)
+    results: dict[str, dict] = {}
+    for name in names:
+        folder = args.out / name
+        if not args.no_run:
+            run_setting(args.config, args.out, name)
+        elif not (folder / "progress.json").is_file():
+            continue
+        try:
+            results[name] = block0(folder, "frozen")
+        except (StopIteration, KeyError):
+            print(f"({name}: block 0 not finished yet)")
+    for ref in args.refs:
+        rows, _, _ = read_units(ref)
+        for method in dict.fromkeys(r["method"] for r in rows if int(r["block"]) == 0):
+            results[method] = block0(ref, method)
+    if not results:
+        raise SystemExit("no finished setting to report")
+
+    # chosen by validation loss only, among the LLM settings
+    llm = {n: r for n, r in results.items() if n in SETTINGS and r["valid_loss"] is not None}
+    chosen = min(llm, key=lambda n: llm[n]["valid_loss"]) if llm else None
+    refs = [n for n in results if n not in SETTINGS]
+    header = "| setting | valid loss | epochs (best) | train s | Hit@10 | NDCG@10 | " + " | ".join(
+        f"NDCG@10 vs {r}" for r in refs
+    )
+    lines = [header + " |", "|---" * (6 + len(refs)) + "|"]
+    out: dict[str, dict] = {}
+    for name, r in results.items():
+        vs = {}
+        for ref in refs:
+            if ref != name and len(results[ref]["per_user"]) == len(r["per_user"]):
+                vs[ref] = paired_bootstrap([r["per_user"]], [results[ref]["per_user"]])
+        vl = f"{r['valid_loss']:.4f}" if r["valid_loss"] is not None else ""
+        mark = " (chosen)" if name == chosen else ""
+        lines.append(
+            f"| {name}{mark} | {vl} | {r['epochs']} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
+            f"{r['hit@10']:.4f} | {r['ndcg@10']:.4f} | " + " | ".join(str(vs.get(x, "")) for x in refs) + " |"
+        )
+        out[name] = {k: v for k, v in r.items() if k != "per_user"} | {
+            "what": SETTINGS[name][1] if name in SETTINGS else "reference",
+            "overrides": [*COMMON, *SETTINGS[name][0]] if name in SETTINGS else None,
+            "vs": {k: {"mean": i.mean, "low": i.low, "high": i.high} for k, i in vs.items()},
+        }
+    table = "\n".join(lines)
+    print(table)
+    print(f"chosen by validation loss: {chosen}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"config": str(args.config), "chosen": chosen, "settings": out, "table": table}
+        write_text(args.json, json.dumps(payload, indent=1) + "\n")
+    if args.png:
+        plot(results, args.png, f"block 0 learning curves ({args.config.stem})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
