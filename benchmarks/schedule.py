@@ -1,0 +1,156 @@
+"""Each method's continual schedule chosen on validation, by one rule for every method (issue 18 §2).
+
+`grid` writes the `methods:` list that runs every method under every schedule in one run, so that the
+schedules share block 0 (a method's own `continual_lr_scale` / `continual_epochs` / `continual_patience`):
+
+    python benchmarks/schedule.py grid --methods single "{name: peso, lam: 1000.0}" --lr-scales 0.1 0.3 1.0 \\
+        --epochs 4 --patience 1 > runs/grid.yaml
+    peso run --config configs/beauty.yaml --out runs/beauty-schedule --set threads=1 "--set=methods=$(cat runs/grid.yaml)"
+
+`choose` reads the run folders and keeps, per method, the schedule with the lowest validation loss (the best
+epoch's, training.csv) averaged over continual blocks and seeds. Test figures of the chosen schedules follow,
+with paired intervals against the references' chosen schedules; test never enters the choice.
+
+    python benchmarks/schedule.py choose runs/beauty-schedule --refs single --json benchmarks/results/schedule-beauty.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from combine_runs import combine
+
+from peso.compare import compare_methods
+from peso.config import RunConfig
+from peso.io import write_text
+from peso.report import continual_means
+from peso.runfolder import CONFIG, TRAINING, read_csv
+
+SCHEDULE = ("continual_lr_scale", "continual_epochs", "continual_patience")
+
+
+def grid(methods: list[str], lr_scales: list[float], epochs: int | None, patience: int | None) -> list[dict]:
+    out = []
+    for text in methods:
+        entry = yaml.safe_load(text)
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        base = entry.pop("label", None) or entry["name"]
+        for scale in lr_scales:
+            e = {**entry, "label": f"{base}@{scale:g}", "continual_lr_scale": scale}
+            if epochs is not None:
+                e["continual_epochs"] = epochs
+            if patience is not None:
+                e["continual_patience"] = patience
+            out.append(e)
+    return out
+
+
+def families(runs: list[Path]) -> dict[str, dict[str, dict]]:
+    """method (its label before '@') -> label -> the schedule it ran, from the runs' configs."""
+    out: dict[str, dict[str, dict]] = {}
+    for run in runs:
+        cfg = RunConfig.model_validate(yaml.safe_load((run / CONFIG).read_text()))
+        for m in cfg.methods:
+            if not all(hasattr(m, k) for k in SCHEDULE):
+                continue  # no continual schedule of its own (frozen, retrain, standalone methods)
+            tc = m.train_config(cfg.train)
+            sched = {"lr_scale": tc.continual_lr_scale, "epochs": tc.continual_epochs or tc.epochs}
+            sched["patience"] = tc.patience
+            out.setdefault(m.key.split("@")[0], {})[m.key] = sched
+    return out
+
+
+def validation_losses(runs: list[Path]) -> dict[str, float]:
+    """label -> mean over (seed, continual block) of the restored epoch's validation loss."""
+    best: dict[tuple[str, int, int], float] = {}
+    for run in runs:
+        for r in read_csv(run / TRAINING):
+            if r["block"] >= 1 and r["best"] == 1:
+                best.setdefault((r["method"], r["seed"], r["block"]), r["valid_loss"])
+    by: dict[str, list[float]] = {}
+    for (label, _, _), v in best.items():
+        by.setdefault(label, []).append(v)
+    return {k: float(np.mean(v)) for k, v in by.items()}
+
+
+def choose(runs: list[Path], refs: list[str]) -> dict:
+    fams, losses = families(runs), validation_losses(runs)
+    rows, per_user, _ = combine(runs)
+    means = continual_means(rows)
+    chosen = {}
+    for fam, labels in fams.items():
+        have = [lab for lab in labels if lab in losses and lab in means]
+        if have:
+            chosen[fam] = min(have, key=lambda lab: losses[lab])
+    # intervals between chosen schedules: rename each chosen label to its method's name
+    renamed = {(fam, s, b): v for fam, lab in chosen.items() for (m, s, b), v in per_user.items() if m == lab}
+    intervals = compare_methods(renamed, tuple(refs))
+    out = {}
+    for fam, lab in chosen.items():
+        out[fam] = {
+            "chosen": lab,
+            "schedule": fams[fam][lab],
+            "valid_loss": {x: losses[x] for x in fams[fam] if x in losses},
+            "ndcg@10": means[lab]["ndcg@10"][:2],
+            "hit@10": means[lab]["hit@10"][:2],
+            "seeds": means[lab]["ndcg@10"][2],
+            "test_ndcg@10_of_each": {x: means[x]["ndcg@10"][0] for x in fams[fam] if x in means},
+            "vs": {r: str(iv) for r, iv in intervals.get(fam, {}).items()},
+        }
+    return out
+
+
+def table(result: dict, refs: list[str]) -> str:
+    head = ["method", "chosen (valid loss)", "other schedules (valid loss)", "NDCG@10", "Hit@10"]
+    head += [f"vs {r}" for r in refs]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for fam, r in result.items():
+        others = ", ".join(f"{k} ({v:.4f})" for k, v in r["valid_loss"].items() if k != r["chosen"])
+        cells = [fam, f"{r['chosen']} ({r['valid_loss'][r['chosen']]:.4f})", others]
+        cells += [f"{r['ndcg@10'][0]:.4f}", f"{r['hit@10'][0]:.4f}", *(r["vs"].get(x, "") for x in refs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("grid", help="the methods list of a schedule grid")
+    g.add_argument("--methods", nargs="+", required=True, help="method entries, as in a config's list")
+    g.add_argument("--lr-scales", nargs="+", type=float, default=[0.1, 0.3, 1.0])
+    g.add_argument("--epochs", type=int, help="continual_epochs (a cap with --patience)")
+    g.add_argument("--patience", type=int, help="continual_patience")
+    c = sub.add_parser("choose", help="each method's schedule by validation loss")
+    c.add_argument("runs", nargs="+", type=Path)
+    c.add_argument("--refs", nargs="+", default=["single"])
+    c.add_argument("--md", type=Path)
+    c.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.cmd == "grid":
+        print(
+            yaml.safe_dump(
+                grid(args.methods, args.lr_scales, args.epochs, args.patience),
+                default_flow_style=True,
+                width=10**6,
+            ).strip()
+        )
+        return 0
+    result = choose(args.runs, args.refs)
+    text = table(result, args.refs)
+    print(text)
+    if args.md:
+        write_text(args.md, text)
+    if args.json:
+        write_text(
+            args.json, json.dumps({"runs": [str(r) for r in args.runs], "methods": result}, indent=1) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

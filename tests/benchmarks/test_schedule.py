@@ -1,0 +1,38 @@
+"""benchmarks/schedule.py: the grid is a valid methods list, and the choice is the lowest mean validation loss
+of the restored epochs over continual blocks (a hand computation), block 0 and other epochs ignored."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from peso.strategies import method_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import schedule  # noqa: E402
+
+
+def test_the_grid_is_a_methods_list_with_one_schedule_per_label():
+    entries = schedule.grid(["single", "{name: peso, lam: 10.0}"], [0.1, 1.0], epochs=4, patience=1)
+    settings = [method_settings(e) for e in entries]
+    assert [s.key for s in settings] == ["single@0.1", "single@1", "peso@0.1", "peso@1"]
+    assert [s.continual_lr_scale for s in settings] == [0.1, 1.0, 0.1, 1.0]
+    assert all(s.continual_epochs == 4 and s.continual_patience == 1 for s in settings)
+    assert settings[3].lam == 10.0
+
+
+def test_validation_loss_is_the_restored_epochs_mean_over_continual_blocks(tmp_path):
+    rows = [
+        # method, seed, block, epoch, valid_loss, best
+        ("block0", 0, 0, 1, 1.0, 1),
+        ("a@1", 0, 1, 1, 5.0, 0),
+        ("a@1", 0, 1, 2, 4.0, 1),
+        ("a@1", 0, 2, 1, 3.0, 1),
+        ("a@1", 1, 1, 1, 6.0, 1),
+        ("a@0.1", 0, 1, 1, 4.5, 1),
+    ]
+    lines = ["method,seed,block,epoch,train_ce,proximal,proximal_share,valid_loss,best"]
+    lines += [f"{m},{s},{b},{e},0,0,0,{v},{best}" for m, s, b, e, v, best in rows]
+    (tmp_path / "training.csv").write_text("\n".join(lines) + "\n")
+    losses = schedule.validation_losses([tmp_path])
+    assert losses == {"a@1": pytest.approx((4.0 + 3.0 + 6.0) / 3), "a@0.1": 4.5}
