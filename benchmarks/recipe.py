@@ -36,6 +36,10 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "h64-l4": (["train.epochs=20", "model.tiny.layers=4"], "4 layers"),
     "h64-hist50": (["train.epochs=20", "data.history=50"], "history 50"),
     "h64-drop0.1": (["train.epochs=30", "model.tiny.dropout=0.1"], "attention dropout 0.1"),
+    "h64-codebook": (
+        ["train.epochs=30", "model.item_init=codebook"],
+        "item-token rows from the codebooks' centroids (data from peso tokenize only)",
+    ),
 }
 
 

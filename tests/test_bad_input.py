@@ -156,6 +156,12 @@ CASES = [
     ("run-top-k-below-10", lambda w: run(w, "--out", "r", "--set", "decode.top_k=5"), 2, ["decode.top_k"]),
     ("run-unknown-section", lambda w: run(w, "--out", "r", "--set", "foo.bar=1"), 2, ["--set", "foo"]),
     ("run-beam-below-k", lambda w: run(w, "--out", "r", "--set", "decode.beam=5"), 2, ["--set", "beam"]),
+    (
+        "run-codebook-init-without-codebooks",
+        lambda w: run(w, "--out", "r", "--set", "model.item_init=codebook"),
+        2,
+        ["codebooks.safetensors", "model.item_init", "peso tokenize"],
+    ),
     # data
     (
         "run-missing-block",

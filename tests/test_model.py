@@ -52,6 +52,33 @@ def test_tiny_dropout_is_attention_dropout_in_training_only():
         assert torch.allclose(plain.eval()(ids).logits, off, atol=1e-6)
 
 
+def test_codebook_init_starts_each_code_row_from_its_centroid():
+    """Rows of a level with a codebook are one linear image of its centred centroids (equal centroids, equal
+    rows), at the scale of the model's own init; the level without a codebook keeps the plain init."""
+    index = small_index()  # levels of 4, 3 and 5 codes; the last plays the de-duplication level
+    cfg = ModelConfig.model_validate(
+        {"name": "tiny", "tiny": {"hidden": 32, "layers": 1, "heads": 2, "intermediate": 32}}
+    )
+    rng = np.random.default_rng(0)
+    books = [rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=(3, 6)).astype(np.float32)]
+    books[0][3] = books[0][1]  # two codes with the same centroid
+    torch.manual_seed(0)
+    plain, space = load_backbone(cfg, index)
+    torch.manual_seed(0)
+    init, _ = load_backbone(cfg, index, books)
+    w0, w = plain.get_input_embeddings().weight.detach(), init.get_input_embeddings().weight.detach()
+    for level, book in enumerate(books):
+        ids = slice(space.level_offsets[level], space.level_offsets[level] + len(book))
+        centred = torch.as_tensor(book - book.mean(0))
+        fit = torch.linalg.lstsq(centred, w[ids]).solution  # rows = centred @ X for one X
+        assert torch.allclose(centred @ fit, w[ids], atol=1e-5)
+        assert torch.allclose(w[ids].std(), w0[ids].std(), rtol=1e-4)
+        assert not torch.allclose(w[ids], w0[ids])
+    assert torch.equal(w[space.level_offsets[0] + 1], w[space.level_offsets[0] + 3])
+    last = slice(space.level_offsets[2], space.level_offsets[2] + index.level_sizes[2])
+    assert torch.equal(w[last], w0[last]) and torch.equal(w[:3], w0[:3])  # dedup level and specials
+
+
 def test_local_checkpoint_gets_the_instruction_prompt_and_untied_item_rows(local_checkpoint):
     index = small_index()
     cfg = ModelConfig.model_validate(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peso.config import RunConfig
-from peso.data.load import read_blocks
+from peso.data.load import read_blocks, read_codebooks
 from peso.data.samples import BlockSamples, build_samples
 from peso.errors import PesoError
 from peso.model import check_lora_targets
@@ -26,6 +26,7 @@ class Prepared:
     samples: list[BlockSamples]
     simulation: dict | None = None  # `peso simulate`'s parameters, when the data came from it
     known: list[np.ndarray] = field(default_factory=list)  # per block: sorted item indices seen so far
+    codebooks: list[np.ndarray] | None = None  # per level, when model.item_init is 'codebook'
 
     def catalogue(self) -> Catalogue:
         return Catalogue(self.index.sid, len(self.index.items), self.index.n_sids, self.known)
@@ -57,4 +58,5 @@ def prepare(cfg: RunConfig) -> Prepared:
                 "lower data.min_items or merge blocks",
             )
         samples.append(s)
-    return Prepared(data.name, index, tries, samples, data.meta.get("simulation"), known_items)
+    books = read_codebooks(cfg.data.path) if cfg.model.item_init == "codebook" else None
+    return Prepared(data.name, index, tries, samples, data.meta.get("simulation"), known_items, books)

@@ -23,6 +23,7 @@ from scipy.spatial.distance import jensenshannon
 from peso import dist
 from peso.config import RunConfig
 from peso.data.blocks import Block as DataBlock
+from peso.data.load import read_codebooks
 from peso.data.prepare import dedupe
 from peso.data.prepared import _block
 from peso.data.samples import BlockSamples, build_samples
@@ -140,7 +141,8 @@ def load_version(store: Store, n: int, index: dict[str, list[str]] | None = None
     item_index = ItemIndex.from_tokens(index_dict, str(store.folder(n) / ITEMS))
     torch.manual_seed(seed)  # as the run builds its model: `retrain`'s starting point is this draw
     np.random.seed(seed)
-    backbone, space = load_backbone(cfg.model, item_index)
+    books = read_codebooks(cfg.data.path) if cfg.model.item_init == "codebook" else None  # as the run began
+    backbone, space = load_backbone(cfg.model, item_index, books)
     model = attach_lora(backbone, cfg.model, space).to(dist.device())
     full = cfg.train.full_block0 if cfg.train.full_block0 is not None else cfg.model.name == "tiny"
     adapter = {p for p, q in model.named_parameters() if q.requires_grad}

@@ -8,6 +8,7 @@ paper's instruction prompt for a pretrained LLM.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,11 +96,46 @@ def _pretrained(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, To
     return model, space
 
 
-def load_backbone(cfg: ModelConfig, index: ItemIndex) -> tuple[PreTrainedModel, TokenSpace]:
-    """The base causal LM with the item tokens in its vocabulary (not yet adapted)."""
-    if cfg.name == "tiny":
-        return _tiny(cfg, index)
-    return _pretrained(cfg, index)
+def load_backbone(
+    cfg: ModelConfig, index: ItemIndex, codebooks: list[np.ndarray] | None = None
+) -> tuple[PreTrainedModel, TokenSpace]:
+    """The base causal LM with the item tokens in its vocabulary (not yet adapted); with `codebooks`, their
+    rows start from them (`init_item_rows`)."""
+    model, space = _tiny(cfg, index) if cfg.name == "tiny" else _pretrained(cfg, index)
+    if codebooks is not None:
+        init_item_rows(model, space, index, codebooks)
+    return model, space
+
+
+def init_item_rows(
+    model: PreTrainedModel, space: TokenSpace, index: ItemIndex, codebooks: list[np.ndarray]
+) -> None:
+    """Each code's row starts as its centroid (centred per level) through one fixed Gaussian projection, which
+    keeps the centroids' geometry, scaled to the std the model's own init gave that level's rows: items near
+    in the codebooks' space start near. Levels without a codebook (de-duplication) keep their init."""
+    if len(codebooks) > index.levels:
+        raise PesoError(
+            "model.item_init", f"{len(codebooks)} codebooks for {index.levels} levels", "re-tokenize"
+        )
+    weights = [model.get_input_embeddings().weight]
+    if not _is_tied(model):
+        weights.append(model.get_output_embeddings().weight)
+    dim = codebooks[0].shape[1]
+    proj = torch.randn(dim, weights[0].shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for level, book in enumerate(codebooks):
+            numbers = [re.search(r"(\d+)\D*$", t) for t in index.level_tokens[level]]
+            if any(m is None or int(m.group(1)) >= len(book) for m in numbers):
+                raise PesoError(
+                    "model.item_init",
+                    f"level {level}'s tokens do not name rows of its codebook ({len(book)} codes)",
+                    "use the codebooks `peso tokenize` wrote with this index, or model.item_init: random",
+                )
+            rows = torch.as_tensor(book, dtype=torch.float32)[[int(m.group(1)) for m in numbers]]
+            rows = (rows - rows.mean(0)) @ proj
+            ids = slice(space.level_offsets[level], space.level_offsets[level] + len(numbers))
+            for w in weights:
+                w[ids] = (rows * (w[ids].std() / rows.std())).to(w.dtype)
 
 
 def _is_tied(model: PreTrainedModel) -> bool:

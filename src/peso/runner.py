@@ -290,7 +290,7 @@ class Run:
         cfg = self.cfg
         torch.manual_seed(seed)
         np.random.seed(seed)
-        model, space = load_backbone(cfg.model, self.prep.index)
+        model, space = load_backbone(cfg.model, self.prep.index, self.prep.codebooks)
         model = attach_lora(model, cfg.model, space).to(dist.device())
         full = cfg.train.full_block0 if cfg.train.full_block0 is not None else cfg.model.name == "tiny"
         adapter = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -74,6 +74,11 @@ class ModelConfig(_Section):
         None, description="wrap history in the instruction prompt (default: on unless tiny)"
     )
     dtype: Literal["float32", "bfloat16"] = "float32"
+    item_init: Literal["random", "codebook"] = Field(
+        "random",
+        description="item-token rows at the start: the model's own init, or each code's centroid in the data's"
+        " codebooks (peso tokenize) through a fixed random projection, at the init's scale per level",
+    )
 
 
 class TrainConfig(_Section):

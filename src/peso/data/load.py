@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from peso.data.blocks import BlockSet
 from peso.errors import PesoError
 
@@ -29,3 +31,23 @@ def read_blocks(path: str | Path, blocks: list[int] | None = None) -> BlockSet:
     from peso.data.release import read_release
 
     return read_release(folder, blocks)
+
+
+CODEBOOKS = (
+    "codebooks.safetensors"  # `peso tokenize`'s residual k-means centroids, one (codes, dim) per level
+)
+
+
+def read_codebooks(path: str | Path) -> list[np.ndarray]:
+    """The data folder's codebooks, level by level (what `model.item_init: codebook` starts the rows from)."""
+    from safetensors.numpy import load_file
+
+    file = Path(path) / CODEBOOKS
+    if not file.is_file():
+        raise PesoError(
+            str(file),
+            "model.item_init is 'codebook' but the data has no codebooks (release folders carry codes only)",
+            "tokenize the data with `peso tokenize --method text`, or set model.item_init: random",
+        )
+    books = load_file(str(file))
+    return [books[k] for k in sorted(books, key=lambda k: int(k.rsplit("_", 1)[1]))]
