@@ -36,6 +36,10 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "h64-l4": (["train.epochs=20", "model.tiny.layers=4"], "4 layers"),
     "h64-hist50": (["train.epochs=20", "data.history=50"], "history 50"),
     "h64-drop0.1": (["train.epochs=30", "model.tiny.dropout=0.1"], "attention dropout 0.1"),
+    "h64-codebook-drop0.1": (
+        ["train.epochs=30", "model.item_init=codebook", "model.tiny.dropout=0.1"],
+        "codebook rows and attention dropout 0.1",
+    ),
     "h64-codebook": (
         ["train.epochs=30", "model.item_init=codebook"],
         "item-token rows from the codebooks' centroids (data from peso tokenize only)",
@@ -66,10 +70,12 @@ def block0(folder: Path, method: str) -> dict:
     rows, log, per_user = read_units(folder)
     row = next(r for r in rows if r["method"] == method and int(r["block"]) == 0)
     label = "block0" if method == "frozen" else method
-    curve = [float(r["valid_loss"]) for r in log if r["method"] == label and int(r["block"]) == 0]
+    mine = [r for r in log if r["method"] == label and int(r["block"]) == 0]
+    curve = [float(r["valid_loss"]) for r in mine]
     return {
         "valid_loss": min(curve) if curve else None,
         "curve": curve,
+        "train_curve": [float(r["train_ce"]) for r in mine],
         "epochs": len(curve),
         "best_epoch": int(row["best_epoch"]),
         "hit@10": float(row["hit@10"]),
@@ -86,13 +92,16 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in results.items():
-        if r["curve"] and not name.startswith(("sasrec", "lightgcn")):
-            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker=".", label=name)
-    ax.set(xlabel="epoch", ylabel="validation loss (CE, T=0.8)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        if r["curve"]:
+            (line,) = ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker=".", label=name)
+            tx.plot(range(1, len(r["train_curve"]) + 1), r["train_curve"], color=line.get_color(), label=name)
+    ax.set(xlabel="epoch", ylabel="validation loss (CE, T=0.8)", title=f"{title}: validation")
+    tx.set(xlabel="epoch", ylabel="training CE (epoch mean)", title=f"{title}: training")
+    for a in (ax, tx):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -132,7 +141,7 @@ def main() -> None:
     # chosen by validation loss only, among the LLM settings
     llm = {n: r for n, r in results.items() if n in SETTINGS and r["valid_loss"] is not None}
     chosen = min(llm, key=lambda n: llm[n]["valid_loss"]) if llm else None
-    refs = [n for n in results if n not in SETTINGS]
+    refs = [n for n in results if n not in SETTINGS] + (["h64"] if "h64" in results else [])
     header = "| setting | valid loss | epochs (best) | train s | Hit@10 | NDCG@10 | " + " | ".join(
         f"NDCG@10 vs {r}" for r in refs
     )
@@ -146,7 +155,7 @@ def main() -> None:
         vl = f"{r['valid_loss']:.4f}" if r["valid_loss"] is not None else ""
         mark = " (chosen)" if name == chosen else ""
         lines.append(
-            f"| {name}{mark} | {vl} | {r['epochs']} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
+            f"| {name}{mark} | {vl} | {r['epochs'] or ''} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
             f"{r['hit@10']:.4f} | {r['ndcg@10']:.4f} | " + " | ".join(str(vs.get(x, "")) for x in refs) + " |"
         )
         out[name] = {k: v for k, v in r.items() if k != "per_user"} | {
