@@ -28,6 +28,31 @@ CDS = SHARED / "peso-release" / "CDs_and_Vinyl_cl_0.6_0_5_3_0"
 QUICKSTART = Path(__file__).resolve().parents[1] / "data" / "quickstart" / "ml-100k"
 
 
+class TwoTastes:
+    """Interactions of two tastes: odd users choose items a0..a19, even users b0..b19 (new users also a few
+    new items, na* or nb*), each row (user, item, time) with increasing times, drawn from one seeded RNG."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng, self.t = np.random.default_rng(seed), 0
+        self.a, self.b = [f"a{k}" for k in range(20)], [f"b{k}" for k in range(20)]
+        self.new_a, self.new_b = [f"na{k}" for k in range(6)], [f"nb{k}" for k in range(6)]
+
+    def _pick(self, user: str, pool: list[str], n: int, out: list) -> None:
+        for item in self.rng.choice(pool, n, replace=False):
+            out.append((user, str(item), self.t))
+            self.t += 1
+
+    def old_users(self, users: int, each: int, out: list) -> None:
+        for u in range(users):
+            self._pick(f"old{u}", self.a if u % 2 else self.b, each, out)
+
+    def new_users(self, users: int, each: int, out: list) -> None:
+        """New users, each of one taste, choosing among its first 6 items and its new ones."""
+        for u in range(users):
+            pool = (self.a[:6] + self.new_a) if u % 2 else (self.b[:6] + self.new_b)
+            self._pick(f"new{u}", pool, each, out)
+
+
 def small_index(n_items: int = 60, sizes=(4, 3, 5), seed: int = 0) -> ItemIndex:
     """Random 3-level semantic IDs with shared prefixes and a few collisions."""
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from peso.errors import PesoError
 from peso.tokenize.assign import assign_new_items, load_assigner
 from peso.tokenize.rkmeans import ResidualKMeans
+from tests.conftest import TwoTastes
 
 
 def _new(*items: str, titles: tuple = ()) -> pl.DataFrame:
@@ -102,20 +103,10 @@ def test_collab_new_items_fold_in_next_to_the_items_their_users_chose(tmp_path):
     from peso.data.prepared import read_interactions
     from peso.tokenize.build import tokenize
 
-    rng = np.random.default_rng(0)
-    rows, t = [], 0
-
-    def pick(user: str, pool: list[str], n: int, out: list) -> None:
-        nonlocal t
-        for item in rng.choice(pool, n, replace=False):
-            out.append((user, str(item), t))
-            t += 1
-
-    a_items, b_items = [f"a{k}" for k in range(20)], [f"b{k}" for k in range(20)]
-    for u in range(60):  # block 0
-        pick(f"old{u}", a_items if u % 2 else b_items, 8, rows)
-    for u in range(20):  # block 1: known users, known items
-        pick(f"old{u}", a_items if u % 2 else b_items, 3, rows)
+    tastes, rows = TwoTastes(), []
+    a_items, b_items, new_a, new_b = tastes.a, tastes.b, tastes.new_a, tastes.new_b
+    tastes.old_users(60, 8, rows)  # block 0
+    tastes.old_users(20, 3, rows)  # block 1: known users, known items
     log = tmp_path / "log.csv"
     pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_csv(log)
     data = tmp_path / "d"
@@ -127,9 +118,8 @@ def test_collab_new_items_fold_in_next_to_the_items_their_users_chose(tmp_path):
     store.mkdir()
     info = load_assigner(data, index, store)
     assert info["kind"] == "collab"
-    new_a, new_b, fresh = [f"na{k}" for k in range(6)], [f"nb{k}" for k in range(6)], []
-    for u in range(40):  # the slice: only new users choose the new items
-        pick(f"new{u}", (a_items[:6] + new_a) if u % 2 else (b_items[:6] + new_b), 7, fresh)
+    fresh: list = []
+    tastes.new_users(40, 7, fresh)  # the slice: only new users choose the new items
     slice_rows = pl.DataFrame(
         {
             "user": [r[0] for r in fresh],

@@ -9,6 +9,7 @@ import pytest
 from peso.data.prepare import CutSettings, prepare
 from peso.data.prepared import read_interactions
 from peso.tokenize.build import arrival_order, tokenize
+from tests.conftest import TwoTastes
 
 
 @pytest.fixture
@@ -158,21 +159,10 @@ def test_collab_later_items_chosen_by_new_users_keep_their_neighbourhood(tmp_pat
     """Two tastes (items a*, b*) in block 0; in block 1 new users who like one taste bring new items of it.
     The new items are folded in from those users, so they land in their taste's first-level code instead of
     all sharing one code, and no block-0 item's ID changes when they arrive."""
-    rng = np.random.default_rng(0)
-    rows, t = [], 0
-
-    def pick(user: str, pool: list[str], n: int) -> None:
-        nonlocal t
-        for item in rng.choice(pool, n, replace=False):
-            rows.append((user, str(item), t))
-            t += 1
-
-    a_items, b_items = [f"a{k}" for k in range(20)], [f"b{k}" for k in range(20)]
-    for u in range(60):  # block 0
-        pick(f"old{u}", a_items if u % 2 else b_items, 8)
-    new_a, new_b = [f"na{k}" for k in range(6)], [f"nb{k}" for k in range(6)]
-    for u in range(40):  # block 1: only new users choose the new items
-        pick(f"new{u}", (a_items[:6] + new_a) if u % 2 else (b_items[:6] + new_b), 7)
+    tastes, rows = TwoTastes(), []
+    a_items, b_items, new_a, new_b = tastes.a, tastes.b, tastes.new_a, tastes.new_b
+    tastes.old_users(60, 8, rows)  # block 0
+    tastes.new_users(40, 7, rows)  # block 1: only new users choose the new items
     log = tmp_path / "log.csv"
     pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_csv(log)
     data = tmp_path / "d"
