@@ -9,9 +9,12 @@ schedules share block 0 (a method's own `continual_lr_scale` / `continual_epochs
 
 `choose` reads the run folders and keeps, per method, the schedule with the lowest validation loss (the best
 epoch's, training.csv) averaged over continual blocks and seeds. Test figures of the chosen schedules follow,
-with paired intervals against the references' chosen schedules; test never enters the choice.
+with paired intervals against the references' chosen schedules; test never enters the choice. Methods with no
+continual schedule of their own (`frozen`, `popular`, the non-LLM methods of another folder of the same blocks)
+stand as they ran, and can be references too:
 
-    python benchmarks/schedule.py choose runs/beauty-schedule --refs single --json benchmarks/results/schedule-beauty.json
+    python benchmarks/schedule.py choose runs/beauty-schedule runs/classic-beauty-conv --refs single pisa \
+        --json benchmarks/results/schedule-beauty.json
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ def choose(runs: list[Path], refs: list[str]) -> dict:
         have = [lab for lab in labels if lab in losses and lab in means]
         if have:
             chosen[fam] = min(have, key=lambda lab: losses[lab])
+    # methods without a continual schedule of their own (frozen, popular, PISA, ...) stand as they ran
+    gridded = {lab for labels in fams.values() for lab in labels}
+    for m in dict.fromkeys(m for m, _, _ in per_user):
+        if m not in gridded and m in means:
+            chosen[m] = m
     # intervals between chosen schedules: rename each chosen label to its method's name
     renamed = {(fam, s, b): v for fam, lab in chosen.items() for (m, s, b), v in per_user.items() if m == lab}
     intervals = compare_methods(renamed, tuple(refs))
@@ -94,12 +102,14 @@ def choose(runs: list[Path], refs: list[str]) -> dict:
     for fam, lab in chosen.items():
         out[fam] = {
             "chosen": lab,
-            "schedule": fams[fam][lab],
-            "valid_loss": {x: losses[x] for x in fams[fam] if x in losses},
+            "schedule": fams.get(fam, {}).get(lab),
+            "valid_loss": {x: losses[x] for x in fams.get(fam, {}) if x in losses},
             "ndcg@10": means[lab]["ndcg@10"][:2],
             "hit@10": means[lab]["hit@10"][:2],
             "seeds": means[lab]["ndcg@10"][2],
-            "test_ndcg@10_of_each": {x: means[x]["ndcg@10"][0] for x in fams[fam] if x in means},
+            "test_ndcg@10_of_each": {
+                x: means[x]["ndcg@10"][0] for x in fams.get(fam, {lab: None}) if x in means
+            },
             "vs": {r: str(iv) for r, iv in intervals.get(fam, {}).items()},
         }
     return out
@@ -111,7 +121,8 @@ def table(result: dict, refs: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for fam, r in result.items():
         others = ", ".join(f"{k} ({v:.4f})" for k, v in r["valid_loss"].items() if k != r["chosen"])
-        cells = [fam, f"{r['chosen']} ({r['valid_loss'][r['chosen']]:.4f})", others]
+        loss = r["valid_loss"].get(r["chosen"])
+        cells = [fam, r["chosen"] if loss is None else f"{r['chosen']} ({loss:.4f})", others or "(none)"]
         cells += [f"{r['ndcg@10'][0]:.4f}", f"{r['hit@10'][0]:.4f}", *(r["vs"].get(x, "") for x in refs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

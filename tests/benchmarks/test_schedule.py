@@ -4,8 +4,10 @@ of the restored epochs over continual blocks (a hand computation), block 0 and o
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from peso.metrics import METRICS
 from peso.strategies import method_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -36,3 +38,25 @@ def test_validation_loss_is_the_restored_epochs_mean_over_continual_blocks(tmp_p
     (tmp_path / "training.csv").write_text("\n".join(lines) + "\n")
     losses = schedule.validation_losses([tmp_path])
     assert losses == {"a@1": pytest.approx((4.0 + 3.0 + 6.0) / 3), "a@0.1": 4.5}
+
+
+def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(monkeypatch):
+    # a@0.1 has the lower validation loss, so it is a's choice although a@1 tests better; pisa (another folder,
+    # no schedule of its own) is kept as it ran and is a reference like any chosen method
+    users = {0: 4, 1: 3, 2: 5}
+    rng = np.random.default_rng(0)
+    per_user = {(m, 0, b): rng.random(n) for m in ("a@0.1", "a@1", "pisa") for b, n in users.items()}
+    rows = [
+        {"method": m, "seed": s, "block": b, **{k: float(v.mean()) for k in METRICS}}
+        for (m, s, b), v in per_user.items()
+    ]
+    monkeypatch.setattr(schedule, "combine", lambda runs: (rows, per_user, {}))
+    monkeypatch.setattr(schedule, "families", lambda runs: {"a": {"a@0.1": {}, "a@1": {}}})
+    monkeypatch.setattr(schedule, "validation_losses", lambda runs: {"a@0.1": 2.0, "a@1": 3.0})
+    out = schedule.choose([Path("x")], ["pisa"])
+    assert out["a"]["chosen"] == "a@0.1" and out["pisa"]["chosen"] == "pisa"
+    assert out["pisa"]["schedule"] is None and out["pisa"]["valid_loss"] == {}
+    by_hand = np.mean([(per_user[("a@0.1", 0, b)] - per_user[("pisa", 0, b)]).mean() for b in (1, 2)])
+    assert out["a"]["vs"]["pisa"].startswith(f"{by_hand:+.4f} [")
+    assert "pisa" not in out["pisa"]["vs"]
+    assert "| pisa | pisa | (none) |" in schedule.table(out, ["pisa"])
