@@ -31,7 +31,7 @@ from combine_runs import combine
 from peso.compare import compare_methods
 from peso.config import RunConfig
 from peso.io import write_text
-from peso.report import continual_means
+from peso.report import continual_means, plot
 from peso.runfolder import CONFIG, TRAINING, read_csv
 
 SCHEDULE = ("continual_lr_scale", "continual_epochs", "continual_patience")
@@ -141,6 +141,7 @@ def main() -> int:
     c.add_argument("--refs", nargs="+", default=["single"])
     c.add_argument("--md", type=Path)
     c.add_argument("--json", type=Path)
+    c.add_argument("--png", type=Path, help="per-block test NDCG@10 of the chosen schedules")
     args = ap.parse_args()
     if args.cmd == "grid":
         print(
@@ -156,6 +157,14 @@ def main() -> int:
     print(text)
     if args.md:
         write_text(args.md, text)
+    if args.png:
+        names = {
+            r["chosen"]: fam if r["chosen"] == fam else f"{fam} ({r['chosen']})" for fam, r in result.items()
+        }
+        rows = [
+            {**row, "method": names[row["method"]]} for row in combine(args.runs)[0] if row["method"] in names
+        ]
+        plot(rows, args.png, f"{args.runs[0].name}: chosen schedules, test NDCG@10 per block")
     if args.json:
         write_text(
             args.json, json.dumps({"runs": [str(r) for r in args.runs], "methods": result}, indent=1) + "\n"
