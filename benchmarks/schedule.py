@@ -72,6 +72,8 @@ def validation_losses(runs: list[Path]) -> dict[str, float]:
     """label -> mean over (seed, continual block) of the restored epoch's validation loss."""
     best: dict[tuple[str, int, int], float] = {}
     for run in runs:
+        if not (run / TRAINING).exists():  # a folder of methods that log no epochs (popular, the graph ones)
+            continue
         for r in read_csv(run / TRAINING):
             if r["block"] >= 1 and r["best"] == 1:
                 best.setdefault((r["method"], r["seed"], r["block"]), r["valid_loss"])

@@ -36,7 +36,8 @@ def test_validation_loss_is_the_restored_epochs_mean_over_continual_blocks(tmp_p
     lines = ["method,seed,block,epoch,train_ce,proximal,proximal_share,valid_loss,best"]
     lines += [f"{m},{s},{b},{e},0,0,0,{v},{best}" for m, s, b, e, v, best in rows]
     (tmp_path / "training.csv").write_text("\n".join(lines) + "\n")
-    losses = schedule.validation_losses([tmp_path])
+    (tmp_path / "graph").mkdir()  # a folder of methods that log no epochs has no training.csv
+    losses = schedule.validation_losses([tmp_path, tmp_path / "graph"])
     assert losses == {"a@1": pytest.approx((4.0 + 3.0 + 6.0) / 3), "a@0.1": 4.5}
 
 
