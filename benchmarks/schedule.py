@@ -154,6 +154,10 @@ def main() -> int:
             ).strip()
         )
         return 0
+    for run in args.runs:
+        if not (run / CONFIG).is_file():
+            print(f"{run}: no {CONFIG}: give run folders written by `peso run`", file=sys.stderr)
+            return 2
     result = choose(args.runs, args.refs)
     text = table(result, args.refs)
     print(text)

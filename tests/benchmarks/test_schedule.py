@@ -47,6 +47,7 @@ def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(mo
     users = {0: 4, 1: 3, 2: 5}
     rng = np.random.default_rng(0)
     per_user = {(m, 0, b): rng.random(n) for m in ("a@0.1", "a@1", "pisa") for b, n in users.items()}
+    per_user.update({("a@1", 0, b): 1.0 + per_user[("a@1", 0, b)] for b in users})  # a@1 tests better
     rows = [
         {"method": m, "seed": s, "block": b, **{k: float(v.mean()) for k in METRICS}}
         for (m, s, b), v in per_user.items()
@@ -56,8 +57,16 @@ def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(mo
     monkeypatch.setattr(schedule, "validation_losses", lambda runs: {"a@0.1": 2.0, "a@1": 3.0})
     out = schedule.choose([Path("x")], ["pisa"])
     assert out["a"]["chosen"] == "a@0.1" and out["pisa"]["chosen"] == "pisa"
+    assert out["a"]["test_ndcg@10_of_each"]["a@1"] > out["a"]["test_ndcg@10_of_each"]["a@0.1"]
     assert out["pisa"]["schedule"] is None and out["pisa"]["valid_loss"] == {}
     by_hand = np.mean([(per_user[("a@0.1", 0, b)] - per_user[("pisa", 0, b)]).mean() for b in (1, 2)])
     assert out["a"]["vs"]["pisa"].startswith(f"{by_hand:+.4f} [")
     assert "pisa" not in out["pisa"]["vs"]
     assert "| pisa | pisa | (none) |" in schedule.table(out, ["pisa"])
+
+
+def test_a_folder_that_is_not_a_run_gets_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "schedule.json"
+    monkeypatch.setattr(sys, "argv", ["schedule.py", "choose", str(tmp_path / "nope"), "--json", str(out)])
+    assert schedule.main() == 2
+    assert "no config.yaml" in capsys.readouterr().err and not out.exists()
