@@ -8,7 +8,8 @@ schedules share block 0 (a method's own `continual_lr_scale` / `continual_epochs
     peso run --config configs/beauty.yaml --out runs/beauty-schedule --set threads=1 "--set=methods=$(cat runs/grid.yaml)"
 
 `choose` reads the run folders and keeps, per method, the schedule with the lowest validation loss (the best
-epoch's, training.csv) averaged over continual blocks and seeds. Test figures of the chosen schedules follow,
+epoch's, training.csv) averaged over continual blocks and seeds (`--choice-seeds`: those seeds only, when
+the chosen schedules alone were re-run at more seeds). Test figures of the chosen schedules follow,
 with paired intervals against the references' chosen schedules; test never enters the choice. Methods with no
 continual schedule of their own (`frozen`, `popular`, the non-LLM methods of another folder of the same blocks)
 stand as they ran, and can be references too:
@@ -63,19 +64,20 @@ def families(runs: list[Path]) -> dict[str, dict[str, dict]]:
                 continue  # no continual schedule of its own (frozen, retrain, standalone methods)
             tc = m.train_config(cfg.train)
             sched = {"lr_scale": tc.continual_lr_scale, "epochs": tc.continual_epochs or tc.epochs}
-            sched["patience"] = tc.patience
+            sched["patience"] = tc.continual_patience or tc.patience
             out.setdefault(m.key.split("@")[0], {})[m.key] = sched
     return out
 
 
-def validation_losses(runs: list[Path]) -> dict[str, float]:
-    """label -> mean over (seed, continual block) of the restored epoch's validation loss."""
+def validation_losses(runs: list[Path], seeds: list[int] | None = None) -> dict[str, float]:
+    """label -> mean over (seed, continual block) of the restored epoch's validation loss; only `seeds`'
+    epochs if given (a choice made at one seed, its schedules re-run at more)."""
     best: dict[tuple[str, int, int], float] = {}
     for run in runs:
         if not (run / TRAINING).exists():  # a folder of methods that log no epochs (popular, the graph ones)
             continue
         for r in read_csv(run / TRAINING):
-            if r["block"] >= 1 and r["best"] == 1:
+            if r["block"] >= 1 and r["best"] == 1 and (seeds is None or r["seed"] in seeds):
                 best.setdefault((r["method"], r["seed"], r["block"]), r["valid_loss"])
     by: dict[str, list[float]] = {}
     for (label, _, _), v in best.items():
@@ -83,8 +85,8 @@ def validation_losses(runs: list[Path]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in by.items()}
 
 
-def choose(runs: list[Path], refs: list[str]) -> dict:
-    fams, losses = families(runs), validation_losses(runs)
+def choose(runs: list[Path], refs: list[str], choice_seeds: list[int] | None = None) -> dict:
+    fams, losses = families(runs), validation_losses(runs, choice_seeds)
     rows, per_user, _ = combine(runs)
     means = continual_means(rows)
     chosen = {}
@@ -144,6 +146,9 @@ def main() -> int:
     c.add_argument("--md", type=Path)
     c.add_argument("--json", type=Path)
     c.add_argument("--png", type=Path, help="per-block test NDCG@10 of the chosen schedules")
+    c.add_argument(
+        "--choice-seeds", nargs="+", type=int, help="choose on these seeds' validation only (default: all)"
+    )
     args = ap.parse_args()
     if args.cmd == "grid":
         print(
@@ -158,7 +163,7 @@ def main() -> int:
         if not (run / CONFIG).is_file():
             print(f"{run}: no {CONFIG}: give run folders written by `peso run`", file=sys.stderr)
             return 2
-    result = choose(args.runs, args.refs)
+    result = choose(args.runs, args.refs, args.choice_seeds)
     text = table(result, args.refs)
     print(text)
     if args.md:
@@ -172,9 +177,8 @@ def main() -> int:
         ]
         plot(rows, args.png, f"{args.runs[0].name}: chosen schedules, test NDCG@10 per block")
     if args.json:
-        write_text(
-            args.json, json.dumps({"runs": [str(r) for r in args.runs], "methods": result}, indent=1) + "\n"
-        )
+        saved = {"runs": [str(r) for r in args.runs], "choice_seeds": args.choice_seeds, "methods": result}
+        write_text(args.json, json.dumps(saved, indent=1) + "\n")
     return 0
 
 

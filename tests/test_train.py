@@ -153,3 +153,18 @@ def test_a_method_s_own_continual_schedule_trains_as_the_run_wide_one(tmp_path):
     assert len(mine) == 2 and mine == logs["wide"]  # every epoch's train CE, term and validation loss
     assert lists["own"] == lists["wide"]
     assert len([r for r in logs["own"] if r["method"] == "single"]) == 1
+
+
+def test_continual_patience_is_the_continual_blocks_own_and_a_method_s_overrides_it():
+    """Block 0 keeps `train.patience`; blocks 1.. take `train.continual_patience` (default: patience); a
+    method's `continual_patience` replaces the run-wide one for its blocks 1.. and leaves block 0 alone."""
+    from peso.settings import AdapterSettings, TrainConfig, method_train
+    from peso.train import Schedule
+
+    tc = TrainConfig(patience=3, continual_patience=1, epochs=30, continual_epochs=4, continual_lr_scale=1.0)
+    assert Schedule.of(tc, continual=False).patience == 3 and Schedule.of(tc, continual=True).patience == 1
+    assert Schedule.of(tc.model_copy(update={"continual_patience": None}), continual=True).patience == 3
+    assert Schedule.of(TrainConfig(), continual=True).patience is None  # no patience anywhere: every epoch
+    own = method_train(AdapterSettings(name="single", continual_patience=2), tc)
+    assert Schedule.of(own, continual=False).patience == 3 and Schedule.of(own, continual=True).patience == 2
+    assert method_train(AdapterSettings(name="single"), tc) == tc  # nothing of its own: the run-wide one

@@ -92,6 +92,9 @@ class TrainConfig(_Section):
         description="stop a block after this many epochs without a lower validation loss (epochs are then a "
         "cap; the best epoch is restored either way); null: every epoch runs",
     )
+    continual_patience: int | None = Field(
+        None, ge=1, description="early-stopping patience of blocks 1.. (default: patience)"
+    )
     batch_size: int = Field(64, ge=1)
     warmup_steps: int | None = Field(
         None, ge=0, description="warmup steps (default: warmup_ratio of the steps)"
@@ -163,7 +166,7 @@ class AdapterSettings(MethodSettings):
     continual_patience: int | None = Field(
         None,
         ge=1,
-        description="early-stopping patience of this method's blocks 1.. (default: train.patience)",
+        description="early-stopping patience of this method's blocks 1.. (default: train.continual_patience)",
     )
 
     def train_config(self, tc: TrainConfig) -> TrainConfig:
@@ -171,7 +174,7 @@ class AdapterSettings(MethodSettings):
         update = {
             "continual_lr_scale": self.continual_lr_scale,
             "continual_epochs": self.continual_epochs,
-            "patience": self.continual_patience,
+            "continual_patience": self.continual_patience,
         }
         return tc.model_copy(update={k: v for k, v in update.items() if v is not None})
 

@@ -102,7 +102,8 @@ class Schedule:
 
     @classmethod
     def of(cls, tc: TrainConfig, continual: bool) -> Schedule:
-        """Block 0's schedule, or a continual block's (`continual_lr_scale`, `continual_epochs`)."""
+        """Block 0's schedule, or a continual block's (`continual_lr_scale`, `continual_epochs`,
+        `continual_patience`)."""
         return cls(
             lr=tc.lr * (tc.continual_lr_scale if continual else 1.0),
             epochs=(tc.continual_epochs or tc.epochs) if continual else tc.epochs,
@@ -113,7 +114,7 @@ class Schedule:
             temperature=tc.temperature,
             grad_clip=tc.grad_clip,
             autocast=tc.autocast == "bf16",
-            patience=tc.patience,
+            patience=(tc.continual_patience or tc.patience) if continual else tc.patience,
         )
 
 

@@ -39,6 +39,8 @@ def test_validation_loss_is_the_restored_epochs_mean_over_continual_blocks(tmp_p
     (tmp_path / "graph").mkdir()  # a folder of methods that log no epochs has no training.csv
     losses = schedule.validation_losses([tmp_path, tmp_path / "graph"])
     assert losses == {"a@1": pytest.approx((4.0 + 3.0 + 6.0) / 3), "a@0.1": 4.5}
+    # a choice made at seed 0 stays made there when the chosen schedule alone is re-run at seed 1
+    assert schedule.validation_losses([tmp_path], seeds=[0]) == {"a@1": 3.5, "a@0.1": 4.5}
 
 
 def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(monkeypatch):
@@ -54,7 +56,7 @@ def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(mo
     ]
     monkeypatch.setattr(schedule, "combine", lambda runs: (rows, per_user, {}))
     monkeypatch.setattr(schedule, "families", lambda runs: {"a": {"a@0.1": {}, "a@1": {}}})
-    monkeypatch.setattr(schedule, "validation_losses", lambda runs: {"a@0.1": 2.0, "a@1": 3.0})
+    monkeypatch.setattr(schedule, "validation_losses", lambda runs, seeds: {"a@0.1": 2.0, "a@1": 3.0})
     out = schedule.choose([Path("x")], ["pisa"])
     assert out["a"]["chosen"] == "a@0.1" and out["pisa"]["chosen"] == "pisa"
     assert out["a"]["test_ndcg@10_of_each"]["a@1"] > out["a"]["test_ndcg@10_of_each"]["a@0.1"]
