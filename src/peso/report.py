@@ -149,9 +149,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for method in methods:
+    for i, method in enumerate(methods):
         by_block = defaultdict(list)
         for r in rows:
             if r["method"] == method:
@@ -159,13 +159,15 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         blocks = sorted(by_block)
         mean = [np.mean(by_block[b]) for b in blocks]
         std = [sd(by_block[b]) for b in blocks]
-        ax.errorbar(blocks, mean, yerr=std, marker="o", capsize=3, label=method)
+        # past the 10 colours of the cycle, a new line style keeps methods apart
+        style = ("-", "--", ":", "-.")[(i // 10) % 4]
+        ax.errorbar(blocks, mean, yerr=std, marker="o", capsize=3, linestyle=style, label=method)
     ax.set_xlabel("block (0 = base)")
     ax.set_ylabel("NDCG@10 (test)")
     ax.set_title(title)
     ax.set_xticks(sorted({r["block"] for r in rows}))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside: never over a line
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
