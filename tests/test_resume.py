@@ -210,6 +210,56 @@ def test_a_damaged_unit_is_refused_in_one_line(reference, tmp_path, capsys):
     assert _snapshot(out) == before  # checked before anything was written
 
 
+def test_methods_added_to_a_finished_run_give_what_a_run_listing_them_last_gives(reference, tmp_path, capsys):
+    """A run of peso and sumlora-all, then `--resume --add-methods "[single, frozen, popular]"`: block 0 is
+    not trained again, and the folder ends as the uninterrupted run of all five (results, lists, report)."""
+    cfg, ref = reference
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({**CONFIG, "methods": CONFIG["methods"][:2]}))
+    out = tmp_path / "extended"
+    assert main(["run", "--config", str(base), "--out", str(out)]) == 0
+    block0 = (out / "seed_0" / "base").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "--add-methods", "[single, frozen, popular]"]) == 0
+    err = capsys.readouterr().err
+    assert "seed_0/block_0: block 0 shared with single, frozen" in err
+    assert "method block0 block 0" not in err and (out / "seed_0" / "base").stat().st_mtime_ns == block0
+    assert _results(out) == _results(ref)
+    assert _recommendations(out) == _recommendations(ref)
+    assert _report(out) == _report(ref)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == yaml.safe_load(
+        (ref / "config.yaml").read_text()
+    )
+    assert json.loads((out / "manifest.json").read_text())["resumed"][0]["added_methods"] == [
+        "single",
+        "frozen",
+        "popular",
+    ]
+    # the shared block-0 rows went into the unit: a reader of the units (the benchmarks) sees them too
+    from peso.runfolder import read_units
+
+    assert read_units(out)[2].keys() == read_units(ref)[2].keys()
+
+
+@pytest.mark.parametrize(
+    ("added", "says"),
+    [
+        ("[{name: peso, lam: 1.0}]", "label"),  # peso is there already: labels are distinct per run
+        ("[{name: nosuch}]", "nosuch"),
+        ("single", "not a non-empty list"),
+        ("[single", "not valid YAML"),
+    ],
+)
+def test_bad_added_methods_are_refused_in_one_line_and_write_nothing(reference, added, says, capsys):
+    _, ref = reference
+    before = _snapshot(ref)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(ref), "--add-methods", added]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("peso: error: --add-methods: ") and says in err, err
+    assert _snapshot(ref) == before
+
+
 def test_a_run_resumes_and_reruns_from_another_working_folder(tmp_path, monkeypatch, capsys):
     """data.path given relative to the working folder through --set: the saved config holds it absolute,
     so --resume and --config RUN/config.yaml work from anywhere."""

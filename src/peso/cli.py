@@ -27,8 +27,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             load_resumable(out)  # a folder that cannot be resumed says so first
             args.config = out / "config.yaml"
         given = load_config(args.config, args.set) if args.config else None
-        resume(out, given, argv=argv)
+        resume(out, given, argv=argv, add_methods=args.add_methods)
     else:
+        if args.add_methods is not None:
+            raise PesoError(
+                "--add-methods", "extends a run folder: it goes with --resume", "add --resume RUN_DIR"
+            )
         if not args.config or not args.out:
             raise PesoError("peso run", "needs --config and --out", "give both, or --resume RUN_DIR")
         out = Path(args.out)
@@ -399,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "targets, and write results, adapters and the resolved config to RUN_DIR. A killed run continues "
         "with --resume.",
         usage="peso run --config CONFIG --out RUN_DIR [--set KEY=VALUE ...] [--overwrite]\n"
-        "       peso run --resume RUN_DIR [--config CONFIG] [--set KEY=VALUE ...]",
+        "       peso run --resume RUN_DIR [--config CONFIG] [--set KEY=VALUE ...] [--add-methods LIST]",
     )
     r.add_argument(
         "--config", help="YAML run configuration (required; with --resume optional and must be the run's)"
@@ -416,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-3"
+    )
+    r.add_argument(
+        "--add-methods",
+        metavar="LIST",
+        help="with --resume: a YAML list of method entries to run as well, from the run's block 0 (the folder "
+        "then holds what a run listing them last would), e.g. '[{name: peso, lam: 10.0}]'",
     )
     r.add_argument(
         "--overwrite",

@@ -171,6 +171,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         ) from None
 
 
+def with_added_methods(cfg: RunConfig, text: str) -> RunConfig:
+    """`cfg` with the YAML list `text` of method entries appended to its methods (`--add-methods`)."""
+    fix = "give a YAML list of method entries, e.g. --add-methods '[{name: peso, lam: 10.0}]'"
+    try:
+        entries = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise PesoError("--add-methods", f"'{text}' is not valid YAML", fix) from None
+    if not isinstance(entries, list) or not entries:
+        raise PesoError("--add-methods", f"'{text}' is not a non-empty list", fix)
+    raw = cfg.dump()
+    raw["methods"] = raw["methods"] + entries
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise PesoError(
+            "--add-methods", _format_validation(e), "correct the entry; `peso methods` lists them"
+        ) from None
+
+
 def _resolve_paths(raw: dict, base: Path) -> None:
     """Make data.path, and model.name where it names an existing folder, absolute against `base`: the saved
     config then works from any working folder. A model.name that is no folder there (a hub id, an alias)

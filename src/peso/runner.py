@@ -31,7 +31,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from peso import dist
-from peso.config import RunConfig
+from peso.config import RunConfig, with_added_methods
 from peso.dataset import Prepared, prepare
 from peso.evaluate import Evaluator
 from peso.inputs import Encoded, TokenSpace, encode
@@ -317,6 +317,7 @@ class Run:
         """Block 0, shared: tiny models learn every weight here (they start from random), LLMs the adapter."""
         name, seed_dir = unit_name(seed, BLOCK0), self.out / f"seed_{seed}"
         if replayed := self.replay(name, with_state=True):
+            self._share_block0(seed, name, replayed, [m.label for m in adapters])
             bb.params.load(replayed.params)
             bb.model.eval()  # as training leaves it
         else:
@@ -333,6 +334,24 @@ class Run:
                 self.record(labels, seed, 0, ranked, seed_dir / "block_0", _trained(report), nbytes)
                 record.params = bb.params.values("block0")
         bb.params.snapshot("after0", "block0")
+
+    def _share_block0(self, seed: int, name: str, unit: Unit, labels: list[str]) -> None:
+        """Methods added to the run after its block 0 (`--add-methods`) continue from it too: each gets the
+        block-0 row every method has (the same lists), recorded in the block-0 unit as if it had been listed."""
+        number = int(self.prep.samples[0].number)
+        have = [m for m, b in unit.per_user if b == number]
+        new = [label for label in labels if label not in have]
+        if not new or not have:
+            return
+        first = next(r for r in unit.rows if r["method"] == have[0] and int(r["block"]) == number)
+        rows = [{**first, "method": label} for label in new]
+        per_user = {(label, number): unit.per_user[(have[0], number)] for label in new}
+        self.log.extend(seed, rows, [], per_user)
+        unit.rows += rows
+        unit.per_user.update(per_user)
+        if dist.is_main():
+            self.store.rewrite(name, unit)
+        console.print(f"  {name}: block 0 shared with {', '.join(new)}")
 
     def adapter(self, seed: int, m: AdapterStrategy, bb: Backbone) -> None:
         todo, last = self._resume_point(seed, m, self._later())
@@ -417,9 +436,12 @@ def run(
         raise
 
 
-def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = None) -> list[dict]:
+def resume(
+    out: Path, given: RunConfig | None = None, argv: list[str] | None = None, add_methods: str | None = None
+) -> list[dict]:
     """Continue a killed run from its completed units; a finished run is only reported again. `given`
-    (from --config / --set), if any, must equal the saved config."""
+    (from --config / --set), if any, must equal the saved config. `add_methods` (a YAML list of method
+    entries) extends the run: they run after the methods it has, from the same block 0, as if listed last."""
     dist.world()
     console.quiet = not dist.is_main()
     cfg, progress = load_resumable(out)
@@ -427,7 +449,16 @@ def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = N
     store.check()
     if given is not None:
         check_same_config(out, cfg, given)
-    prep = _prepare_once(cfg)
+    added = []
+    if add_methods is not None:
+        extended = with_added_methods(cfg, add_methods)
+        added = [m.key for m in extended.methods[len(cfg.methods) :]]
+    prep = _prepare_once(extended if added else cfg)  # the added methods' settings checked against the data
+    if added:
+        cfg = extended
+        dist.barrier()
+        if dist.is_main():
+            write_text(out / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     dist.barrier()  # every process has read progress.json before the main one cleans up
     if dist.is_main():
         remove_partial_writes(out)
@@ -441,6 +472,7 @@ def resume(out: Path, given: RunConfig | None = None, argv: list[str] | None = N
             "command": argv or sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "completed_units": len(progress["completed"]),
+            **({"added_methods": added} if added else {}),
         }
     )
     write_text(out / "manifest.json", json.dumps(info, indent=2))

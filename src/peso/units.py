@@ -87,6 +87,17 @@ class UnitStore:
         """One atomic folder, then progress.json lists it. `supersedes`: the same method's previous block,
         whose block state the new one makes unnecessary (only a method's latest state is continued from):
         its state file goes, its records stay."""
+        self._write(name, unit)
+        self.completed.append(name)
+        write_progress(self.out, self.completed, seconds, False)
+        if supersedes is not None and is_main():
+            (unit_dir(self.out, supersedes) / STATE).unlink(missing_ok=True)
+
+    def rewrite(self, name: str, unit: Unit) -> None:
+        """A completed unit's folder replaced by `unit`, atomically (block 0, given rows for added methods)."""
+        self._write(name, unit)
+
+    def _write(self, name: str, unit: Unit) -> None:
         keys = list(unit.per_user)
         record = {
             "rows": unit.rows,
@@ -103,10 +114,6 @@ class UnitStore:
             tensors = {f"param.{n}": v for n, v in unit.params.items()}
             tensors.update({f"strategy.{k}": v for k, v in unit.tensors.items()})
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / STATE))
-        self.completed.append(name)
-        write_progress(self.out, self.completed, seconds, False)
-        if supersedes is not None and is_main():
-            (unit_dir(self.out, supersedes) / STATE).unlink(missing_ok=True)
 
     def latest(self) -> set[str]:
         """The units whose block state is kept: each method's latest block per seed, and each block 0."""
