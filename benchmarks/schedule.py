@@ -119,15 +119,20 @@ def choose(runs: list[Path], refs: list[str], choice_seeds: list[int] | None = N
     return out
 
 
+def _mean_sd(ms: list[float], seeds: int) -> str:
+    return f"{ms[0]:.4f} ± {ms[1]:.4f}" if seeds > 1 else f"{ms[0]:.4f}"
+
+
 def table(result: dict, refs: list[str]) -> str:
-    head = ["method", "chosen (valid loss)", "other schedules (valid loss)", "NDCG@10", "Hit@10"]
+    head = ["method", "chosen (valid loss)", "other schedules (valid loss)", "seeds", "NDCG@10", "Hit@10"]
     head += [f"vs {r}" for r in refs]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for fam, r in result.items():
         others = ", ".join(f"{k} ({v:.4f})" for k, v in r["valid_loss"].items() if k != r["chosen"])
         loss = r["valid_loss"].get(r["chosen"])
         cells = [fam, r["chosen"] if loss is None else f"{r['chosen']} ({loss:.4f})", others or "(none)"]
-        cells += [f"{r['ndcg@10'][0]:.4f}", f"{r['hit@10'][0]:.4f}", *(r["vs"].get(x, "") for x in refs)]
+        cells += [str(r["seeds"]), *(_mean_sd(r[k], r["seeds"]) for k in ("ndcg@10", "hit@10"))]
+        cells += [r["vs"].get(x, "") for x in refs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -64,7 +64,7 @@ def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(mo
     by_hand = np.mean([(per_user[("a@0.1", 0, b)] - per_user[("pisa", 0, b)]).mean() for b in (1, 2)])
     assert out["a"]["vs"]["pisa"].startswith(f"{by_hand:+.4f} [")
     assert "pisa" not in out["pisa"]["vs"]
-    assert "| pisa | pisa | (none) |" in schedule.table(out, ["pisa"])
+    assert "| pisa | pisa | (none) | 1 |" in schedule.table(out, ["pisa"])
 
 
 def test_a_folder_that_is_not_a_run_gets_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys):
