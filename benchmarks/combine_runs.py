@@ -15,7 +15,7 @@ from pathlib import Path
 from peso.compare import compare_methods
 from peso.errors import PesoError
 from peso.io import write_text
-from peso.report import markdown
+from peso.report import markdown, plot
 from peso.runfolder import read_units
 
 
@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--md", type=Path, help="write the Markdown report here")
+    ap.add_argument("--png", type=Path, help="plot test NDCG@10 per block (mean over seeds) here")
     args = ap.parse_args()
     rows, per_user, sources = combine(args.runs)
     seeds = sorted({int(r["seed"]) for r in rows})
@@ -74,6 +75,8 @@ def main() -> None:
     print(text)
     if args.md:
         write_text(args.md, text)
+    if args.png:
+        plot(rows, args.png, f"{', '.join(r.name for r in args.runs)}: test NDCG@10 per block")
 
 
 if __name__ == "__main__":
