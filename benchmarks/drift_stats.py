@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
 import polars as pl
+from scipy.spatial.distance import jensenshannon
 
 from peso.io import write_text
 from peso.runfolder import TRAINING, read_csv
@@ -23,13 +23,8 @@ from peso.runfolder import TRAINING, read_csv
 
 def js_distance(p: Counter, q: Counter) -> float:
     """Jensen-Shannon distance (base 2, in [0, 1]) between two count distributions."""
-    tp, tq = sum(p.values()), sum(q.values())
-    div = 0.0
-    for k in set(p) | set(q):
-        a, b = p.get(k, 0) / tp, q.get(k, 0) / tq
-        m = (a + b) / 2
-        div += 0.5 * (a * math.log2(a / m) if a else 0.0) + 0.5 * (b * math.log2(b / m) if b else 0.0)
-    return math.sqrt(max(div, 0.0))
+    keys = sorted(set(p) | set(q))
+    return float(jensenshannon([p.get(k, 0) for k in keys], [q.get(k, 0) for k in keys], base=2))
 
 
 def block_drift(data_dir: Path) -> list[dict]:
