@@ -157,6 +157,8 @@ def test_the_guard_and_a_dry_run(runs, tmp_path, capsys):
     s = Store(store)
     assert s.versions() == [1, 2] and s.current() == 1 and not s.version(2)["published"]
     assert not json.loads((s.folder(2) / "report.json").read_text())["guard"]["passed"]
+    # each version records where its floats came from, as a run's manifest does
+    assert {s.version(v)["cpu_capability"] for v in (1, 2)} == {torch.backends.cpu.get_cpu_capability()}
 
 
 def test_the_export_loads_without_peso_and_ranks_as_peso_recommend(runs, tmp_path, capsys):

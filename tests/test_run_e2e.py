@@ -72,6 +72,7 @@ def test_run_folder_has_every_output(small_run):
     assert len(set(b0.values())) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collisions"]["shared_ids"] == 546 and manifest["packages"]["torch"]
+    assert manifest["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     text = (out / "results.md").read_text()
     assert "semantic-ID collisions: 546" in text
     share = next(line for line in text.splitlines() if "share of the training loss" in line)

@@ -269,6 +269,7 @@ def deploy(run_dir: Path, label: str, seed: int | None, out: Path) -> Path:
             "metrics": {m: row[m] for m in ["users", *METRICS]},
             "published": True,
             "packages": _packages(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # as in a run's manifest
         }
         write_text(v / VERSION_JSON, json.dumps(version, indent=2))
         write_text(tmp / CURRENT, "1\n")
@@ -485,6 +486,7 @@ def update(
             "published": report["published"],
             "command": sys.argv,
             "packages": _packages(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # as in a run's manifest
         }
         report["seconds"] = round(time.perf_counter() - start, 2)
         write_text(tmp / REPORT, json.dumps(report, indent=2))

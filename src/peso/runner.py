@@ -101,6 +101,9 @@ def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
+        # the CPU kernels torch dispatches to (e.g. AVX2, AVX512): the same commit and packages on another
+        # capability give slightly different floats, which long trainings amplify (docs/results.md)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "packages": pkgs,
         "dataset": prep.name,
         "items": len(prep.index.items),
