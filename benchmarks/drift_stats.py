@@ -18,12 +18,9 @@ from pathlib import Path
 import polars as pl
 from scipy.spatial.distance import jensenshannon
 
+from peso.errors import PesoError
 from peso.io import write_text
 from peso.runfolder import TRAINING, read_csv
-
-
-class BadInput(ValueError):
-    """A DATA_DIR or run folder this script cannot read; main() prints it as one line and exits 2."""
 
 
 def js_distance(p: Counter, q: Counter) -> float:
@@ -36,15 +33,19 @@ def block_drift(data_dir: Path) -> list[dict]:
     """Per block t >= 1: JS(block t, block t-1) and JS between block t's two halves (users alternated)."""
     path = data_dir / "interactions.parquet"
     if not path.is_file():
-        raise BadInput(f"{path}: not found: give a DATA_DIR written by `peso prepare` or `peso simulate`")
+        raise PesoError(
+            str(path), "not found", "give a DATA_DIR written by `peso prepare` or `peso simulate`"
+        )
     try:
         d = pl.read_parquet(path, columns=["user", "item", "block"])
     except Exception as e:  # polars raises several kinds for a bad file or a missing column
-        raise BadInput(
-            f"{path}: needs columns user, item, block ({type(e).__name__}): rewrite it with `peso prepare`"
+        raise PesoError(
+            str(path),
+            f"needs columns user, item, block ({type(e).__name__})",
+            "rewrite it with `peso prepare`",
         ) from None
     if d.height == 0:
-        raise BadInput(f"{path}: no interactions: give a non-empty DATA_DIR")
+        raise PesoError(str(path), "no interactions", "give a non-empty DATA_DIR")
     out = []
     for t in range(1, int(d["block"].max()) + 1):
         now, before = d.filter(pl.col("block") == t), d.filter(pl.col("block") == t - 1)
@@ -66,15 +67,15 @@ def block_drift(data_dir: Path) -> list[dict]:
 def validation_gains(run: Path, method: str, seed: int = 0) -> list[float]:
     """Per continual block: the method's first-epoch validation loss minus its lowest."""
     if not (run / TRAINING).is_file():
-        raise BadInput(
-            f"{run / TRAINING}: not found: give a `peso run` folder with a continual block trained"
+        raise PesoError(
+            str(run / TRAINING), "not found", "give a `peso run` folder with a continual block trained"
         )
     rows = [
         r for r in read_csv(run / TRAINING) if r["method"] == method and r["seed"] == seed and r["block"] >= 1
     ]
     if not rows:
-        raise BadInput(
-            f"{run / TRAINING}: no continual block of method {method!r}, seed {seed}: check --method"
+        raise PesoError(
+            str(run / TRAINING), f"no continual block of method {method!r}, seed {seed}", "check --method"
         )
     gains = []
     for t in sorted({r["block"] for r in rows}):
@@ -92,7 +93,7 @@ def main() -> None:
     a = ap.parse_args()
     try:
         run(a)
-    except BadInput as e:
+    except PesoError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

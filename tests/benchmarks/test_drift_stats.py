@@ -36,18 +36,19 @@ def test_block_drift_compares_consecutive_blocks_and_two_halves_of_each(tmp_path
     assert out[1]["js_halves"] == pytest.approx(1.0)  # u1: b, u2: c
 
 
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    for argv, needle in [
-        ([str(tmp_path)], "interactions.parquet: not found"),
-        ([str(tmp_path), "--runs", str(tmp_path)], "training.csv: not found"),
-    ]:
-        if "--runs" in argv:  # a valid DATA_DIR, so the run folder is what fails
-            pl.DataFrame({"user": ["u"], "item": ["a"], "block": [0]}).write_parquet(
-                tmp_path / "interactions.parquet"
-            )
-        monkeypatch.setattr(sys, "argv", ["drift_stats.py", *argv])
-        with pytest.raises(SystemExit) as e:
-            drift_stats.main()
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert needle in err and len(err.splitlines()) == 1
+@pytest.mark.parametrize(
+    ("with_data", "runs", "needle"),
+    [(False, False, "interactions.parquet: not found"), (True, True, "training.csv: not found")],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, with_data, runs, needle):
+    if with_data:  # a valid DATA_DIR, so the run folder is what fails
+        pl.DataFrame({"user": ["u"], "item": ["a"], "block": [0]}).write_parquet(
+            tmp_path / "interactions.parquet"
+        )
+    argv = [str(tmp_path)] + (["--runs", str(tmp_path)] if runs else [])
+    monkeypatch.setattr(sys, "argv", ["drift_stats.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        drift_stats.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
