@@ -252,3 +252,90 @@ def test_peso_adaptive_sets_lambda_from_the_popularity_gain_of_the_block(tiny_lo
     assert strat.lam == pytest.approx(100.0 * math.exp(-2.0 * gain))
     strat.setup_block(model, 2, BlockData(before, before, 8))
     assert strat.lam == 100.0  # a negative gain keeps PESO's full weight
+
+
+def test_peso_select_keeps_the_lambda_of_lowest_validation_loss_and_equals_peso_at_it(tmp_path):
+    import csv
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from peso.cli import main
+    from tests.test_cli_errors import write_data
+
+    lam = 1.0e4  # large enough that block 1 comes out other than `single`'s
+    methods = [
+        "single",
+        {"name": "peso", "lam": lam, "label": "fixed"},
+        {"name": "peso-select", "lams": [0.0, lam], "label": "select"},
+        {"name": "peso-select", "lams": [lam], "label": "select-one"},
+    ]
+    config = {
+        "data": {"path": str(write_data(tmp_path / "data"))},
+        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "train": {"epochs": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
+        "decode": {"beam": 10, "top_k": 10},
+        "methods": methods,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]) == 0
+    results = {r["method"]: r for r in csv.DictReader((out / "results.csv").open()) if r["block"] == "1"}
+    log = [r for r in csv.DictReader((out / "training.csv").open()) if r["block"] == "1"]
+    losses = {m: [float(r["valid_loss"]) for r in log if r["method"] == m] for m in results}
+    assert losses["single"] != losses["fixed"]  # the two candidates differ
+    # each candidate trains as its own method would, from the same start: one epoch series each, in order
+    assert losses["select"] == losses["single"] + losses["fixed"]
+    assert losses["select-one"] == losses["fixed"]
+
+    def adapter(method: str) -> dict[str, torch.Tensor]:
+        folder = out / "seed_0" / method / "block_1" / "adapter"
+        return {
+            **load_file(folder / "adapter_model.safetensors"),
+            **load_file(folder / "item_rows.safetensors"),
+        }
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(adapter("single"), adapter("fixed"))
+    # the lower best validation loss of block 1 wins; what is kept is that candidate's adapter, bit for bit
+    winner = "single" if min(losses["single"]) <= min(losses["fixed"]) else "fixed"
+    assert same(adapter("select"), adapter(winner))
+    assert same(adapter("select-one"), adapter("fixed"))
+    decoded = (out / "seed_0" / "select" / "block_1" / "recommendations.csv").read_text()
+    assert decoded == (out / "seed_0" / winner / "block_1" / "recommendations.csv").read_text()
+
+
+def test_peso_select_ties_keep_the_first_lambda_and_the_block_costs_every_training(tiny_lora):
+    from peso.strategies.base import Block, BlockData, State
+
+    model, _, _ = tiny_lora
+    start = {n: b.detach().clone() for n, _, b in lora_layers(model)}
+    seen: list[float] = []
+
+    def train(model, data, valid, extra_loss=None, continual=True):
+        lam = strat.lam
+        seen.append(lam)
+        with torch.no_grad():
+            for _, _, b in lora_layers(model):
+                b.add_(lam)  # every candidate starts from the block's start: b = start + lam after it
+
+        class Report:
+            seconds, targets, valid_losses = 2.0, 10, [3.0, {0.0: 1.0, 5.0: 1.0, 9.0: 2.0}[lam]]
+
+        return Report()
+
+    strat = create({"name": "peso-select", "lams": [9.0, 5.0, 0.0]})
+    report = strat.run_block(model, Block(1, BlockData(None, None, 8), None, lambda: [], train, None))
+    assert seen == [9.0, 5.0, 0.0] and strat.lam == 5.0  # 5 and 0 tie at 1.0: the first of them is kept
+    assert report.seconds == 6.0 and report.targets == 30
+    for n, _, b in lora_layers(model):
+        assert torch.equal(b, start[n] + 5.0)
+    again = create({"name": "peso-select", "lams": [9.0, 5.0, 0.0]})
+    again.load_state(model, State(meta=strat.state(model).meta))
+    assert again.chosen == [5.0]
+    with pytest.raises(ValueError, match="'lams'"):
+        create({"name": "peso-select", "lams": [1.0, -1.0]})
+    with pytest.raises(ValueError, match="'lams'"):
+        create({"name": "peso-select", "lams": []})
