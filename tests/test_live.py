@@ -25,7 +25,7 @@ def rows(path: Path) -> dict:
     return {(r["method"], r["block"]): r for r in csv.DictReader(path.open())}
 
 
-@pytest.mark.parametrize("method", ["sumlora-all", "peso"])
+@pytest.mark.parametrize("method", ["sumlora-all", "peso", "peso-select"])
 def test_an_update_equals_the_same_block_of_peso_run(runs, tmp_path, method, capsys):
     store = deployed(runs, tmp_path, method)
     assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
