@@ -268,7 +268,13 @@ class ResultsLog:
         return row
 
     def training(self, method: str, seed: int, block: int, report) -> None:  # noqa: ANN001 (train.BlockReport)
-        """One training.csv row per epoch of a block."""
+        """One training.csv row per epoch of a block. `pass` numbers the trainings of one block (LSAT and
+        peso-select train more than once)."""
+        done = sum(
+            1
+            for r in self.train_log
+            if (r["method"], r["seed"], r["block"], r["epoch"]) == (method, seed, block, 1)
+        )
         for e in range(report.epochs):
             ce, extra = report.train_ce[e], report.train_penalty[e]
             self.train_log.append(
@@ -276,6 +282,7 @@ class ResultsLog:
                     "method": method,
                     "seed": seed,
                     "block": block,
+                    "pass": done + 1,
                     "epoch": e + 1,
                     "train_ce": ce,
                     "proximal": extra,
@@ -290,7 +297,8 @@ class ResultsLog:
         path = self.out / "training.csv"
         if self.train_log:
             buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(self.train_log[0]), lineterminator="\n")
+            names = list(dict.fromkeys(k for r in self.train_log for k in r))  # folders from before `pass`
+            w = csv.DictWriter(buf, fieldnames=names, restval="", lineterminator="\n")
             w.writeheader()
             w.writerows(self.train_log)
             write_text(path, buf.getvalue())

@@ -287,6 +287,9 @@ def test_peso_select_keeps_the_lambda_of_lowest_validation_loss_and_equals_peso_
     # each candidate trains as its own method would, from the same start: one epoch series each, in order
     assert losses["select"] == losses["single"] + losses["fixed"]
     assert losses["select-one"] == losses["fixed"]
+    passes = [(r["pass"], r["epoch"]) for r in log if r["method"] == "select"]
+    assert passes == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]  # the lambda's pass, 2 epochs each
+    assert {r["pass"] for r in log if r["method"] != "select"} == {"1"}
 
     def adapter(method: str) -> dict[str, torch.Tensor]:
         folder = out / "seed_0" / method / "block_1" / "adapter"

@@ -210,7 +210,8 @@ class PesoSelect(Peso):
     """PESO with lambda chosen per block on the block's own validation targets (beyond the paper): block t
     trains once per lambda in `lams`, each from the same start with the same batches and seed, and keeps the
     one of lowest best-epoch validation loss. Test targets are never read. A block costs len(lams) trainings
-    (all counted in its seconds); training.csv holds one epoch series per lambda, in `lams` order.
+    (all counted in its seconds); training.csv holds one epoch series per lambda, in `lams` order
+    (`pass` 1, 2, ...).
 
     Why (docs/results.md, issue 18 section 4): no drift statistic of the data tells the real blocks from the
     simulator's noisy world, yet lambda 1e3, the best fixed value there, costs on real data; what decides is
