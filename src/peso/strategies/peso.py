@@ -68,9 +68,13 @@ class Peso(AdapterStrategy):
 
     def __init__(self, settings: PesoSettings, context: RunContext) -> None:
         super().__init__(settings, context)
-        self.lam, self.tau = settings.lam, settings.tau
+        self.lam, self.tau = self.first_lam(), settings.tau
         self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.row_anchors: dict[str, torch.Tensor] = {}
+
+    def first_lam(self) -> float:
+        """lambda before any block has set it (subclasses that choose it per block start elsewhere)."""
+        return self.settings.lam
 
     def setup_block(self, model: torch.nn.Module, block: int, data: BlockData) -> None:
         # the adapter inherits last block's state, so the anchor is the adapter as it is now: the term starts at 0
@@ -223,11 +227,11 @@ class PesoSelect(Peso):
     Settings = SelectSettings
 
     def __init__(self, settings: SelectSettings, context: RunContext) -> None:
-        AdapterStrategy.__init__(self, settings, context)
-        self.lam, self.tau = settings.lams[0], settings.tau
-        self.anchors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.row_anchors: dict[str, torch.Tensor] = {}
+        super().__init__(settings, context)
         self.chosen: list[float] = []  # lambda of blocks 1.. so far
+
+    def first_lam(self) -> float:
+        return self.settings.lams[0]
 
     def run_block(self, model: torch.nn.Module, block: Block) -> Any:
         self.setup_block(model, block.t, block.data)
