@@ -34,7 +34,7 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "h128": (["train.epochs=20", "model.tiny.hidden=128", "model.tiny.intermediate=512"], "hidden 128"),
     "h256": (["train.epochs=8", "model.tiny.hidden=256", "model.tiny.intermediate=1024"], "hidden 256"),
     "h64-l4": (["train.epochs=20", "model.tiny.layers=4"], "4 layers"),
-    "h64-hist50": (["train.epochs=20", "data.history=50"], "history 50"),
+    "h64-hist50": (["train.epochs=30", "data.history=50"], "history 50"),
     "h64-drop0.1": (["train.epochs=30", "model.tiny.dropout=0.1"], "attention dropout 0.1"),
     "h64-codebook-drop0.1": (
         ["train.epochs=30", "model.item_init=codebook", "model.tiny.dropout=0.1"],
