@@ -40,6 +40,10 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
         ["train.epochs=30", "model.item_init=codebook", "model.tiny.dropout=0.1"],
         "codebook rows and attention dropout 0.1",
     ),
+    "h64-rows-random": (
+        ["train.epochs=30", "model.item_init=random"],
+        "item-token rows at random: on Beauty, whose config takes codebook rows, dropout without them",
+    ),
     "h64-codebook": (
         ["train.epochs=30", "model.item_init=codebook"],
         "item-token rows from the codebooks' centroids (data from peso tokenize only)",

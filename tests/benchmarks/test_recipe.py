@@ -1,0 +1,33 @@
+"""benchmarks/recipe.py: every named setting is a valid set of overrides for each shipped config, and sets
+what its description says (a typo in a setting would otherwise surface only after an hour-long run)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from peso.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import recipe  # noqa: E402
+
+
+@pytest.mark.parametrize("config", ["quickstart", "cds", "beauty", "sports"])
+@pytest.mark.parametrize("name", list(recipe.SETTINGS))
+def test_every_setting_loads_on_every_config(config, name):
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml", [*recipe.COMMON, *recipe.SETTINGS[name][0]])
+    assert cfg.data.blocks == [0, 1] and cfg.train.patience == 3 and cfg.threads == 1
+    assert [m.name for m in cfg.methods] == ["frozen"]
+
+
+def test_settings_change_what_they_name():
+    base = ROOT / "configs" / "beauty.yaml"
+    get = {name: load_config(base, [*recipe.COMMON, *o]) for name, (o, _) in recipe.SETTINGS.items()}
+    assert get["h64"].model.item_init == "codebook" and get["h64"].model.tiny.dropout == 0.1
+    assert get["h64-rows-random"].model.item_init == "random"
+    # dropout alone: the codebook off, the rest as h64
+    assert get["h64-rows-random"].model.tiny.dropout == 0.1
+    assert get["h64-hist50"].data.history == 50 and get["h64"].data.history == 20
+    assert (get["h256"].model.tiny.hidden, get["h256"].train.epochs) == (256, 8)
+    assert get["h64-lr1e-2"].train.lr == pytest.approx(1e-2)
