@@ -29,26 +29,21 @@ from peso.metrics import per_user
 from peso.store import Store
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a run folder with the `frozen` method")
-    ap.add_argument("--beams", nargs="+", type=int, default=[10, 20, 50, 100])
-    ap.add_argument("--max-users", type=int, help="the first N users of block 0 only")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-
-    cfg = RunConfig.model_validate(yaml.safe_load((args.run / "config.yaml").read_text()))
+def decode_splits(
+    run: Path, beams: list[int], max_users: int | None = None, splits: tuple[str, ...] = ("valid", "test")
+) -> tuple[dict[str, dict], int]:
+    """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model, and the users decoded."""
+    cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     prep = prepare(cfg)
     samples, trie = prep.samples[0], prep.tries[0]
+    out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        live = load_version(Store.open(deploy(args.run, "frozen", None, Path(tmp) / "store")), 1)
-        out: dict[str, dict] = {}
-        for split in ("valid", "test"):
+        live = load_version(Store.open(deploy(run, "frozen", None, Path(tmp) / "store")), 1)
+        for split in splits:
             enc = encode(samples, live.space, split)
-            n = args.max_users or len(enc.prompts)
+            n = max_users or len(enc.prompts)
             targets = prep.index.sid[enc.items[:n]]
-            for beam in args.beams:
+            for beam in beams:
                 start = time.perf_counter()
                 ranked = recommend(
                     live.model, enc.prompts[:n], live.space, trie, beam, 10, cfg.decode.batch_size
@@ -62,6 +57,19 @@ def main() -> None:
                     f" ({seconds:.0f} s, {n} users)",
                     flush=True,
                 )
+    return out, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a run folder with the `frozen` method")
+    ap.add_argument("--beams", nargs="+", type=int, default=[10, 20, 50, 100])
+    ap.add_argument("--max-users", type=int, help="the first N users of block 0 only")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    out, n = decode_splits(args.run, args.beams, args.max_users)
     chosen = max(out, key=lambda b: (out[b]["valid"]["ndcg@10"], -int(b)))
     print(f"chosen by validation NDCG@10: beam {chosen}")
     if args.json:

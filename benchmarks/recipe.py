@@ -9,7 +9,8 @@ references, paired per test user.
 
 Each setting is a `peso run` of blocks 0-1 with `frozen` (a run needs a later block; block 1 costs one decode)
 in OUT/<setting>; a finished folder is read, an unfinished one resumed. Runs use one thread. A setting's
-overrides are `--set` values, listed in SETTINGS below.
+overrides are `--set` values, listed in SETTINGS below. `--rule ndcg` chooses by block 0's validation NDCG@10
+instead (each setting's validation targets decoded once at its beam, 20-60 s, kept in its folder).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from peso.compare import paired_bootstrap
 from peso.io import write_text
@@ -90,6 +93,29 @@ def block0(folder: Path, method: str) -> dict:
     }
 
 
+def valid_ndcg(folder: Path) -> float:
+    """Block 0's validation NDCG@10 at the run's own beam, decoded once and kept in the folder (20-60 s)."""
+    cache = folder / "valid-ndcg.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["ndcg@10"]
+    import beam  # benchmarks/beam.py, beside this script
+
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    width = cfg["decode"]["beam"]
+    scores = beam.decode_splits(folder, [width], splits=("valid",))[0][str(width)]["valid"]
+    write_text(cache, json.dumps({"beam": width, **scores}) + "\n")
+    return scores["ndcg@10"]
+
+
+def choose(results: dict[str, dict], rule: str) -> str | None:
+    """The setting the rule picks: lowest validation loss, or highest validation NDCG@10."""
+    if rule == "ndcg":
+        llm = {n: r["valid_ndcg@10"] for n, r in results.items() if r.get("valid_ndcg@10") is not None}
+        return max(llm, key=llm.__getitem__) if llm else None
+    llm = {n: r["valid_loss"] for n, r in results.items() if n in SETTINGS and r["valid_loss"] is not None}
+    return min(llm, key=llm.__getitem__) if llm else None
+
+
 def plot(results: dict[str, dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -121,6 +147,12 @@ def main() -> None:
     ap.add_argument("--refs", nargs="*", type=Path, default=[], help="run folders of sasrec/lightgcn")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
+    ap.add_argument(
+        "--rule",
+        choices=["loss", "ndcg"],
+        default="loss",
+        help="choose by validation loss, or by validation NDCG@10 (decodes each setting's validation targets)",
+    )
     args = ap.parse_args()
 
     names = args.only or list(SETTINGS)
@@ -135,6 +167,9 @@ def main() -> None:
             results[name] = block0(folder, "frozen")
         except (StopIteration, KeyError):
             print(f"({name}: block 0 not finished yet)")
+            continue
+        if args.rule == "ndcg":
+            results[name]["valid_ndcg@10"] = valid_ndcg(folder)
     for ref in args.refs:
         rows, _, _ = read_units(ref)
         for method in dict.fromkeys(r["method"] for r in rows if int(r["block"]) == 0):
@@ -142,14 +177,13 @@ def main() -> None:
     if not results:
         raise SystemExit("no finished setting to report")
 
-    # chosen by validation loss only, among the LLM settings
-    llm = {n: r for n, r in results.items() if n in SETTINGS and r["valid_loss"] is not None}
-    chosen = min(llm, key=lambda n: llm[n]["valid_loss"]) if llm else None
+    # chosen on validation only, among the LLM settings
+    chosen = choose(results, args.rule)
     refs = [n for n in results if n not in SETTINGS] + (["h64"] if "h64" in results else [])
-    header = "| setting | valid loss | epochs (best) | train s | Hit@10 | NDCG@10 | " + " | ".join(
-        f"NDCG@10 vs {r}" for r in refs
-    )
-    lines = [header + " |", "|---" * (6 + len(refs)) + "|"]
+    nd = args.rule == "ndcg"
+    header = "| setting | valid loss | " + ("valid NDCG@10 | " if nd else "")
+    header += "epochs (best) | train s | Hit@10 | NDCG@10 | " + " | ".join(f"NDCG@10 vs {r}" for r in refs)
+    lines = [header + " |", "|---" * (6 + nd + len(refs)) + "|"]
     out: dict[str, dict] = {}
     for name, r in results.items():
         vs = {}
@@ -158,8 +192,9 @@ def main() -> None:
                 vs[ref] = paired_bootstrap([r["per_user"]], [results[ref]["per_user"]])
         vl = f"{r['valid_loss']:.4f}" if r["valid_loss"] is not None else ""
         mark = " (chosen)" if name == chosen else ""
+        vn = ("" if r.get("valid_ndcg@10") is None else f"{r['valid_ndcg@10']:.4f}") + " | " if nd else ""
         lines.append(
-            f"| {name}{mark} | {vl} | {r['epochs'] or ''} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
+            f"| {name}{mark} | {vl} | {vn}{r['epochs'] or ''} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
             f"{r['hit@10']:.4f} | {r['ndcg@10']:.4f} | " + " | ".join(str(vs.get(x, "")) for x in refs) + " |"
         )
         out[name] = {k: v for k, v in r.items() if k != "per_user"} | {
@@ -169,10 +204,16 @@ def main() -> None:
         }
     table = "\n".join(lines)
     print(table)
-    print(f"chosen by validation loss: {chosen}")
+    print(f"chosen by validation {'NDCG@10' if nd else 'loss'}: {chosen}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"config": str(args.config), "chosen": chosen, "settings": out, "table": table}
+        payload = {
+            "config": str(args.config),
+            "rule": args.rule,
+            "chosen": chosen,
+            "settings": out,
+            "table": table,
+        }
         write_text(args.json, json.dumps(payload, indent=1) + "\n")
     if args.png:
         plot(results, args.png, f"block 0 learning curves ({args.config.stem})")

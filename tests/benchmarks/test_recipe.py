@@ -31,3 +31,15 @@ def test_settings_change_what_they_name():
     assert get["h64-hist50"].data.history == 50 and get["h64"].data.history == 20
     assert (get["h256"].model.tiny.hidden, get["h256"].train.epochs) == (256, 8)
     assert get["h64-lr1e-2"].train.lr == pytest.approx(1e-2)
+
+
+def test_the_rules_pick_lowest_loss_or_highest_validation_ndcg():
+    results = {
+        "h64": {"valid_loss": 2.20, "valid_ndcg@10": 0.0420},
+        "h128": {"valid_loss": 2.18, "valid_ndcg@10": 0.0413},
+        "h64-hist50": {"valid_loss": 2.19, "valid_ndcg@10": 0.0416},
+        "lightgcn-finetune": {"valid_loss": None},  # a reference never competes
+    }
+    assert recipe.choose(results, "loss") == "h128"
+    assert recipe.choose(results, "ndcg") == "h64"
+    assert recipe.choose({"sasrec-finetune": {"valid_loss": None}}, "loss") is None
