@@ -30,10 +30,15 @@ from peso.store import Store
 
 
 def decode_splits(
-    run: Path, beams: list[int], max_users: int | None = None, splits: tuple[str, ...] = ("valid", "test")
+    run: Path,
+    beams: list[int] | None = None,
+    max_users: int | None = None,
+    splits: tuple[str, ...] = ("valid", "test"),
 ) -> tuple[dict[str, dict], int]:
-    """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model, and the users decoded."""
+    """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model (default: the run's own beam),
+    and the users decoded."""
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    beams = beams or [cfg.decode.beam]
     prep = prepare(cfg)
     samples, trie = prep.samples[0], prep.tries[0]
     out: dict[str, dict] = {}

@@ -22,8 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from peso.compare import paired_bootstrap
 from peso.io import write_text
 from peso.runfolder import read_units
@@ -100,20 +98,18 @@ def valid_ndcg(folder: Path) -> float:
         return json.loads(cache.read_text())["ndcg@10"]
     import beam  # benchmarks/beam.py, beside this script
 
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    width = cfg["decode"]["beam"]
-    scores = beam.decode_splits(folder, [width], splits=("valid",))[0][str(width)]["valid"]
-    write_text(cache, json.dumps({"beam": width, **scores}) + "\n")
-    return scores["ndcg@10"]
+    ((width, row),) = beam.decode_splits(folder, splits=("valid",))[0].items()
+    write_text(cache, json.dumps({"beam": int(width), **row["valid"]}) + "\n")
+    return row["valid"]["ndcg@10"]
 
 
 def choose(results: dict[str, dict], rule: str) -> str | None:
     """The setting the rule picks: lowest validation loss, or highest validation NDCG@10."""
-    if rule == "ndcg":
-        llm = {n: r["valid_ndcg@10"] for n, r in results.items() if r.get("valid_ndcg@10") is not None}
-        return max(llm, key=llm.__getitem__) if llm else None
-    llm = {n: r["valid_loss"] for n, r in results.items() if n in SETTINGS and r["valid_loss"] is not None}
-    return min(llm, key=llm.__getitem__) if llm else None
+    key = "valid_ndcg@10" if rule == "ndcg" else "valid_loss"
+    llm = {n: r[key] for n, r in results.items() if n in SETTINGS and r.get(key) is not None}
+    if not llm:
+        return None
+    return (max if rule == "ndcg" else min)(llm, key=llm.__getitem__)
 
 
 def plot(results: dict[str, dict], path: Path, title: str) -> None:
