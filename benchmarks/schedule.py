@@ -33,7 +33,7 @@ from peso.compare import compare_methods
 from peso.config import RunConfig
 from peso.io import write_text
 from peso.report import continual_means, plot
-from peso.runfolder import CONFIG, TRAINING, read_csv
+from peso.runfolder import CONFIG, RESULTS, TRAINING, read_csv
 
 SCHEDULE = ("continual_lr_scale", "continual_epochs", "continual_patience")
 
@@ -70,14 +70,23 @@ def families(runs: list[Path]) -> dict[str, dict[str, dict]]:
 
 
 def validation_losses(runs: list[Path], seeds: list[int] | None = None) -> dict[str, float]:
-    """label -> mean over (seed, continual block) of the restored epoch's validation loss; only `seeds`'
-    epochs if given (a choice made at one seed, its schedules re-run at more)."""
+    """label -> mean over (seed, continual block) of the evaluated model's validation loss (results.csv's
+    `valid_loss`: the restored epoch's, or LSAT's fused model's); only `seeds`' if given (a choice made at
+    one seed, its schedules re-run at more). Rows from before that column fall back to training.csv's first
+    training of the block, which for LSAT is its long-term adapter alone."""
     best: dict[tuple[str, int, int], float] = {}
+
+    def wanted(r: dict) -> bool:
+        return r["block"] >= 1 and (seeds is None or r["seed"] in seeds)
+
     for run in runs:
+        for r in read_csv(run / RESULTS) if (run / RESULTS).exists() else []:
+            if wanted(r) and isinstance(r.get("valid_loss"), float):
+                best[(r["method"], r["seed"], r["block"])] = r["valid_loss"]
         if not (run / TRAINING).exists():  # a folder of methods that log no epochs (popular, the graph ones)
             continue
         for r in read_csv(run / TRAINING):
-            if r["block"] >= 1 and r["best"] == 1 and (seeds is None or r["seed"] in seeds):
+            if wanted(r) and r["best"] == 1:
                 best.setdefault((r["method"], r["seed"], r["block"]), r["valid_loss"])
     by: dict[str, list[float]] = {}
     for (label, _, _), v in best.items():

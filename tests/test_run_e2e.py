@@ -40,6 +40,7 @@ def small_run(tmp_path_factory):
             "frozen",
             "popular",
             {"name": "peso", "lam": 0.0, "label": "peso[lam=0]"},
+            "lsat",
         ],
         "seeds": [0],
     }
@@ -55,7 +56,15 @@ def test_run_folder_has_every_output(small_run):
     for name in ("config.yaml", "manifest.json", "results.csv", "results.md", "ndcg10.png", "training.csv"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {r["method"] for r in rows} == {"retrain", "peso", "single", "frozen", "popular", "peso[lam=0]"}
+    assert {r["method"] for r in rows} == {
+        "retrain",
+        "peso",
+        "single",
+        "frozen",
+        "popular",
+        "peso[lam=0]",
+        "lsat",
+    }
     # the sweep's lambda 0 is `single`, step for step: same metrics on every block
     by = {(r["method"], r["block"]): r for r in rows}
     for b in ("1", "2"):
@@ -88,6 +97,18 @@ def test_run_folder_has_every_output(small_run):
     # retrain trains like block 0 (its epochs, not the continual ones) at every block
     assert {r["epoch"] for r in log if r["method"] == "retrain" and r["block"] == "2"} == {"1", "2"}
     assert {r["epoch"] for r in log if r["method"] == "single" and r["block"] == "2"} == {"1"}
+    # results.csv's valid_loss is the evaluated model's: the restored epoch's for a method that trains once,
+    # and for LSAT its fused model's, which neither of its two trainings measured
+    best = {(r["method"], r["block"], r["pass"]): float(r["valid_loss"]) for r in log if r["best"] == "1"}
+    for r in (r for r in rows if r["block"] != "0"):
+        loss = float(r["valid_loss"]) if r["valid_loss"] else None
+        if r["method"] in ("single", "peso", "retrain"):
+            assert loss == pytest.approx(best[(r["method"], r["block"], "1")], abs=1e-6)
+        elif r["method"] == "lsat":
+            trainings = [best[("lsat", r["block"], p)] for p in ("1", "2")]
+            assert loss is not None and all(abs(loss - v) > 1e-6 for v in trainings), (loss, trainings)
+        elif r["method"] in ("frozen", "popular"):
+            assert loss is None
 
 
 def test_adapters_are_saved_in_peft_format_per_block(small_run):

@@ -118,6 +118,9 @@ def test_patience_stops_a_block_and_restores_the_best_epoch(tiny_lora, monkeypat
     schedule = train_module.Schedule(lr=1e-2, epochs=5, batch_size=4, warmup_steps=0, patience=2)
     report = train_module.train_block(model, data, valid, schedule, seed=0)
     assert report.epochs == 4 and report.best_epoch == 2 and report.valid_losses == [3.0, 2.0, 2.5, 2.6]
+    assert report.valid_loss == 2.0  # the restored epoch's, which results.csv records
+    report.deployed_valid_loss = 1.5  # a method that measured its final model again (LSAT) overrides it
+    assert report.valid_loss == 1.5
     now = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert all(torch.equal(now[n], v) for n, v in snapshots[1].items())  # epoch 2's, restored
     assert not all(torch.equal(now[n], v) for n, v in snapshots[3].items())

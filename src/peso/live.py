@@ -58,7 +58,7 @@ from peso.strategies.popular import Popular
 from peso.tokenize.assign import assign_new_items, load_assigner
 from peso.tokenize.items import ItemIndex
 from peso.tokenize.trie import Trie
-from peso.train import block_trainer
+from peso.train import block_trainer, validation_loss
 from peso.units import rng_state, set_rng_state
 
 K = 10  # metrics go to Hit@10 / NDCG@10
@@ -429,13 +429,15 @@ def update(
     prev_pack = pack(previous, space, "train", share=cfg.train.packing)
     label = info["method"]
     earlier = lambda: _earlier(live, cfg)  # noqa: E731 (only retraining reads them)
+    tc = method_train(live.method.settings, cfg.train)
     block = Block(
         t,
         BlockData(train, prev_pack, cfg.train.batch_size),
         valid,
         earlier,
-        block_trainer(method_train(live.method.settings, cfg.train), seed, t, label),
+        block_trainer(tc, seed, t, label),
         live.params,
+        validation_loss(tc, valid),
     )
     report_train = live.method.run_block(model, block)
     ranked, after, after_valid = evaluate("new")

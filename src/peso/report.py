@@ -23,6 +23,7 @@ COLUMNS = [
     "train_seconds",
     "best_epoch",
     "targets_per_s",
+    "valid_loss",
     "adapter_bytes",
 ]
 
@@ -204,6 +205,7 @@ class Trained:
     seconds: float
     best_epoch: int | None  # None: no epoch was picked on validation (fixed epochs)
     targets_per_second: float
+    valid_loss: float | None = None  # of the model evaluated (the restored epoch's; LSAT's fused model)
 
 
 class ResultsLog:
@@ -261,6 +263,7 @@ class ResultsLog:
             "train_seconds": trained.seconds if trained else 0.0,
             "best_epoch": trained.best_epoch if trained and trained.best_epoch is not None else "",
             "targets_per_s": round(trained.targets_per_second, 1) if trained else "",
+            "valid_loss": trained.valid_loss if trained and trained.valid_loss is not None else "",
             "adapter_bytes": nbytes,
         }
         self.rows.append(row)

@@ -53,7 +53,7 @@ from peso.strategies import (
     create,
 )
 from peso.strategies.base import save_adapter
-from peso.train import BlockReport, block_trainer
+from peso.train import BlockReport, block_trainer, validation_loss
 from peso.units import (
     UnitStore,
     check_same_config,
@@ -146,7 +146,7 @@ class Backbone:
 
 
 def _trained(report: BlockReport) -> Trained:
-    return Trained(report.seconds, report.best_epoch, report.targets_per_second)
+    return Trained(report.seconds, report.best_epoch, report.targets_per_second, report.valid_loss)
 
 
 class Run:
@@ -374,7 +374,8 @@ class Run:
                 data = BlockData(encs[t].train, encs[t - 1].train, self.cfg.train.batch_size)
                 earlier = lambda t=t: [e.train for e in encs[:t]]  # noqa: E731 (only retraining reads them)
                 train = self.trainer(seed, t, m.label, m.settings)
-                block = Block(t, data, encs[t].valid, earlier, train, bb.params)
+                valid_loss = validation_loss(method_train(m.settings, self.cfg.train), encs[t].valid)
+                block = Block(t, data, encs[t].valid, earlier, train, bb.params, valid_loss)
                 report = m.run_block(bb.model, block)
                 nbytes = export_block(m.export, bb.model, bb.space, folder / "adapter") if report else 0
                 desc = f"seed {seed} block {t} {m.label} decode"

@@ -79,6 +79,17 @@ class BlockReport:
     train_penalty: list[float] = field(default_factory=list)  # mean extra term per epoch (0 if none)
     targets: int = 0  # training targets seen (all epochs)
     seconds: float = 0.0
+    deployed_valid_loss: float | None = None  # set by a method that changes the model after training (LSAT)
+
+    @property
+    def valid_loss(self) -> float | None:
+        """The validation loss of the model the method is evaluated as: the restored epoch's, unless the
+        method measured its final model again."""
+        if self.deployed_valid_loss is not None:
+            return self.deployed_valid_loss
+        if not self.valid_losses:
+            return None
+        return self.valid_losses[(self.best_epoch or len(self.valid_losses)) - 1]
 
     @property
     def targets_per_second(self) -> float:
@@ -224,6 +235,11 @@ def train_block(
     report.seconds = time.perf_counter() - start
     model.eval()
     return report
+
+
+def validation_loss(tc: TrainConfig, valid: Packed) -> Callable[[torch.nn.Module], float]:
+    """The model's loss on `valid` as it stands, measured as training measures each epoch."""
+    return lambda model: evaluate_loss(model, valid, tc.temperature, tc.batch_size * 2, tc.autocast == "bf16")
 
 
 def block_trainer(

@@ -43,6 +43,18 @@ def test_validation_loss_is_the_restored_epochs_mean_over_continual_blocks(tmp_p
     assert schedule.validation_losses([tmp_path], seeds=[0]) == {"a@1": 3.5, "a@0.1": 4.5}
 
 
+def test_results_csv_valid_loss_is_the_evaluated_model_s_and_comes_first(tmp_path):
+    """LSAT trains twice per block and is evaluated as the sum of both: results.csv's valid_loss (its fused
+    model's) is what the rule reads; training.csv's first training stands only for rows without it."""
+    lines = ["method,seed,block,pass,epoch,train_ce,proximal,proximal_share,valid_loss,best"]
+    lines += ["lsat@1,0,1,1,1,0,0,0,2.0,1", "lsat@1,0,1,2,1,0,0,0,2.5,1", "lsat@1,0,2,1,1,0,0,0,3.0,1"]
+    (tmp_path / "training.csv").write_text("\n".join(lines) + "\n")
+    results = ["method,seed,block,users,valid_loss", "lsat@1,0,0,5,1.0", "lsat@1,0,1,5,2.25", "lsat@1,0,2,5,"]
+    (tmp_path / "results.csv").write_text("\n".join(results) + "\n")
+    # block 1 from results.csv (2.25, not the long-term 2.0); block 2 has none there, so training.csv's 3.0
+    assert schedule.validation_losses([tmp_path]) == {"lsat@1": pytest.approx((2.25 + 3.0) / 2)}
+
+
 def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(monkeypatch):
     # a@0.1 has the lower validation loss, so it is a's choice although a@1 tests better; pisa (another folder,
     # no schedule of its own) is kept as it ran and is a reference like any chosen method

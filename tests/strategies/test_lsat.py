@@ -32,9 +32,21 @@ def test_lsat_trains_long_then_short_and_serves_their_sum(tiny_lora):
     m = create("lsat")
     start = {n: (a.detach().clone(), b.detach().clone()) for n, a, b in lora_layers(model)}
     log: list = []
-    block = Block(1, BlockData(None, None, 8), None, lambda: [], fake_train(log), None)
+
+    def fused_sum(model) -> float:  # a stand-in validation loss: a forward pass, as evaluate_loss makes
+        with torch.no_grad():
+            return float(model(input_ids=torch.arange(6)[None]).logits.double().sum())
+
+    block = Block(1, BlockData(None, None, 8), None, lambda: [], fake_train(log), None, fused_sum)
     torch.manual_seed(0)
     report = m.run_block(model, block)
+    # the validation loss it reports is the fused model's (both adapters in), not the short-term one's alone
+    assert report.deployed_valid_loss == fused_sum(model)
+    for past in m.long.values():
+        past.folded = True
+    assert abs(fused_sum(model) - report.deployed_valid_loss) > 1e-3
+    for past in m.long.values():
+        past.folded = False
     assert report.seconds == 2.0 and len(log) == 2  # two trainings, both counted
     layers = lora_modules(model)
     for n, (a0, b0) in start.items():

@@ -136,6 +136,8 @@ class Block:
     earlier: Callable[[], list[Packed]]  # training data of blocks 0..t-1 (retraining reads them)
     train: Trainer  # the run's training loop: train(model, train, valid, extra_loss=..., continual=...)
     params: ParamSets  # "block0": what block 0 trains; snapshot "init": the block-0 starting point
+    # the model's loss on `valid` as it stands, as training measures it (LSAT's fused model); None in tests
+    valid_loss: Callable[[torch.nn.Module], float] | None = None
 
 
 class AdapterStrategy(Method):

@@ -60,6 +60,8 @@ class Lsat(AdapterStrategy):
                 past.folded = False  # (3) fused: both adapters in the model
         report.seconds += long.seconds  # the block's cost: both trainings
         report.targets += long.targets
+        if block.valid_loss is not None:  # the rule that picks schedules must see the fused model, not a half
+            report.deployed_valid_loss = block.valid_loss(model)
         return report
 
     def export(self, model: torch.nn.Module, out_dir) -> int:
