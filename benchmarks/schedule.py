@@ -7,10 +7,12 @@ schedules share block 0 (a method's own `continual_lr_scale` / `continual_epochs
         --epochs 4 --patience 1 > runs/grid.yaml
     peso run --config configs/beauty.yaml --out runs/beauty-schedule --set threads=1 "--set=methods=$(cat runs/grid.yaml)"
 
-`choose` reads the run folders and keeps, per method, the schedule with the lowest validation loss (the best
-epoch's, training.csv) averaged over continual blocks and seeds (`--choice-seeds`: those seeds only, when
-the chosen schedules alone were re-run at more seeds). Test figures of the chosen schedules follow,
-with paired intervals against the references' chosen schedules; test never enters the choice. Methods with no
+`choose` reads the run folders and keeps, per method, the schedule with the lowest validation loss (of the
+model that is evaluated, results.csv's `valid_loss`) averaged over continual blocks and seeds
+(`--choice-seeds`: those seeds only, when the chosen schedules alone were re-run at more seeds;
+`--first-training`: the old rule, training.csv's first training, for LSAT its long-term adapter). Test
+figures of the chosen schedules follow, with paired intervals against the references' chosen schedules; test
+never enters the choice. Methods with no
 continual schedule of their own (`frozen`, `popular`, the non-LLM methods of another folder of the same blocks)
 stand as they ran, and can be references too:
 
@@ -69,18 +71,21 @@ def families(runs: list[Path]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def validation_losses(runs: list[Path], seeds: list[int] | None = None) -> dict[str, float]:
+def validation_losses(
+    runs: list[Path], seeds: list[int] | None = None, first_training: bool = False
+) -> dict[str, float]:
     """label -> mean over (seed, continual block) of the evaluated model's validation loss (results.csv's
     `valid_loss`: the restored epoch's, or LSAT's fused model's); only `seeds`' if given (a choice made at
     one seed, its schedules re-run at more). Rows from before that column fall back to training.csv's first
-    training of the block, which for LSAT is its long-term adapter alone."""
+    training of the block, which for LSAT is its long-term adapter alone; `first_training` reads only that
+    (the rule before results.csv had the column, to reproduce its choices)."""
     best: dict[tuple[str, int, int], float] = {}
 
     def wanted(r: dict) -> bool:
         return r["block"] >= 1 and (seeds is None or r["seed"] in seeds)
 
     for run in runs:
-        for r in read_csv(run / RESULTS) if (run / RESULTS).exists() else []:
+        for r in read_csv(run / RESULTS) if (run / RESULTS).exists() and not first_training else []:
             if wanted(r) and isinstance(r.get("valid_loss"), float):
                 best[(r["method"], r["seed"], r["block"])] = r["valid_loss"]
         if not (run / TRAINING).exists():  # a folder of methods that log no epochs (popular, the graph ones)
@@ -94,8 +99,10 @@ def validation_losses(runs: list[Path], seeds: list[int] | None = None) -> dict[
     return {k: float(np.mean(v)) for k, v in by.items()}
 
 
-def choose(runs: list[Path], refs: list[str], choice_seeds: list[int] | None = None) -> dict:
-    fams, losses = families(runs), validation_losses(runs, choice_seeds)
+def choose(
+    runs: list[Path], refs: list[str], choice_seeds: list[int] | None = None, first_training: bool = False
+) -> dict:
+    fams, losses = families(runs), validation_losses(runs, choice_seeds, first_training)
     rows, per_user, _ = combine(runs)
     means = continual_means(rows)
     chosen = {}
@@ -163,6 +170,11 @@ def main() -> int:
     c.add_argument(
         "--choice-seeds", nargs="+", type=int, help="choose on these seeds' validation only (default: all)"
     )
+    c.add_argument(
+        "--first-training",
+        action="store_true",
+        help="choose on training.csv's first training per block (the old rule: LSAT's long-term adapter alone)",
+    )
     args = ap.parse_args()
     if args.cmd == "grid":
         print(
@@ -177,7 +189,7 @@ def main() -> int:
         if not (run / CONFIG).is_file():
             print(f"{run}: no {CONFIG}: give run folders written by `peso run`", file=sys.stderr)
             return 2
-    result = choose(args.runs, args.refs, args.choice_seeds)
+    result = choose(args.runs, args.refs, args.choice_seeds, args.first_training)
     text = table(result, args.refs)
     print(text)
     if args.md:
@@ -191,7 +203,8 @@ def main() -> int:
         ]
         plot(rows, args.png, f"{args.runs[0].name}: chosen schedules, test NDCG@10 per block")
     if args.json:
-        saved = {"runs": [str(r) for r in args.runs], "choice_seeds": args.choice_seeds, "methods": result}
+        saved = {"runs": [str(r) for r in args.runs], "choice_seeds": args.choice_seeds}
+        saved |= {"first_training": args.first_training, "methods": result}
         write_text(args.json, json.dumps(saved, indent=1) + "\n")
     return 0
 

@@ -53,6 +53,8 @@ def test_results_csv_valid_loss_is_the_evaluated_model_s_and_comes_first(tmp_pat
     (tmp_path / "results.csv").write_text("\n".join(results) + "\n")
     # block 1 from results.csv (2.25, not the long-term 2.0); block 2 has none there, so training.csv's 3.0
     assert schedule.validation_losses([tmp_path]) == {"lsat@1": pytest.approx((2.25 + 3.0) / 2)}
+    # the old rule, kept to reproduce earlier choices: the first training alone (LSAT's long-term 2.0)
+    assert schedule.validation_losses([tmp_path], first_training=True) == {"lsat@1": pytest.approx(2.5)}
 
 
 def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(monkeypatch):
@@ -68,7 +70,7 @@ def test_methods_without_a_schedule_stand_as_they_ran_and_serve_as_references(mo
     ]
     monkeypatch.setattr(schedule, "combine", lambda runs: (rows, per_user, {}))
     monkeypatch.setattr(schedule, "families", lambda runs: {"a": {"a@0.1": {}, "a@1": {}}})
-    monkeypatch.setattr(schedule, "validation_losses", lambda runs, seeds: {"a@0.1": 2.0, "a@1": 3.0})
+    monkeypatch.setattr(schedule, "validation_losses", lambda runs, seeds, first: {"a@0.1": 2.0, "a@1": 3.0})
     out = schedule.choose([Path("x")], ["pisa"])
     assert out["a"]["chosen"] == "a@0.1" and out["pisa"]["chosen"] == "pisa"
     assert out["a"]["test_ndcg@10_of_each"]["a@1"] > out["a"]["test_ndcg@10_of_each"]["a@0.1"]
