@@ -3,8 +3,8 @@
 
     python benchmarks/beam.py runs/recipe-cds/h64 --beams 10 20 50 100 --json benchmarks/results/beam-cds.json
 
-The model is the run's `frozen` state (block 0's model, unchanged), loaded through `peso deploy` into a
-temporary store, as the live path loads it. Runs on one thread.
+The model is the run's `frozen` state (block 0's model, unchanged; `--method LABEL` where that entry has a
+label), loaded through `peso deploy` into a temporary store, as the live path loads it. Runs on one thread.
 """
 
 from __future__ import annotations
@@ -34,16 +34,17 @@ def decode_splits(
     beams: list[int] | None = None,
     max_users: int | None = None,
     splits: tuple[str, ...] = ("valid", "test"),
+    method: str = "frozen",
 ) -> tuple[dict[str, dict], int]:
     """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model (default: the run's own beam),
-    and the users decoded."""
+    and the users decoded. `method`: the label of the run's `frozen` entry."""
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     beams = beams or [cfg.decode.beam]
     prep = prepare(cfg)
     samples, trie = prep.samples[0], prep.tries[0]
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        live = load_version(Store.open(deploy(run, "frozen", None, Path(tmp) / "store")), 1)
+        live = load_version(Store.open(deploy(run, method, None, Path(tmp) / "store")), 1)
         for split in splits:
             enc = encode(samples, live.space, split)
             n = max_users or len(enc.prompts)
@@ -69,12 +70,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a run folder with the `frozen` method")
     ap.add_argument("--beams", nargs="+", type=int, default=[10, 20, 50, 100])
+    ap.add_argument("--method", default="frozen", help="the label of the run's `frozen` entry (frozen)")
     ap.add_argument("--max-users", type=int, help="the first N users of block 0 only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    out, n = decode_splits(args.run, args.beams, args.max_users)
+    out, n = decode_splits(args.run, args.beams, args.max_users, method=args.method)
     chosen = max(out, key=lambda b: (out[b]["valid"]["ndcg@10"], -int(b)))
     print(f"chosen by validation NDCG@10: beam {chosen}")
     if args.json:
