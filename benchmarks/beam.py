@@ -22,6 +22,7 @@ import yaml
 from peso.config import RunConfig
 from peso.dataset import prepare
 from peso.decode import recommend
+from peso.errors import PesoError
 from peso.inputs import encode
 from peso.io import write_text
 from peso.live import deploy, load_version
@@ -39,6 +40,15 @@ def decode_splits(
     """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model (default: the run's own beam),
     and the users decoded. `method`: the label of the run's `frozen` entry."""
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    entry = next((m for m in cfg.methods if m.key == method), None)
+    if entry is None or entry.name != "frozen":
+        # Another method's last state is a later block's model: decoding block 0 with it would mislabel it.
+        frozen = [m.key for m in cfg.methods if m.name == "frozen"] or ["none"]
+        raise PesoError(
+            "--method",
+            f"'{method}' is not a `frozen` entry of {run / 'config.yaml'}",
+            f"choose one of: {', '.join(frozen)}",
+        )
     beams = beams or [cfg.decode.beam]
     prep = prepare(cfg)
     samples, trie = prep.samples[0], prep.tries[0]

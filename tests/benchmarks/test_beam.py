@@ -1,0 +1,48 @@
+"""benchmarks/beam.py: block 0's model decoded again gives the run folder's own block-0 figures, and only a
+`frozen` entry is accepted (any other method's last state is a later block's model)."""
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peso.cli import main
+from peso.errors import PesoError
+from tests.test_cli_errors import write_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import beam  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("beam")
+    config = {
+        "data": {"path": str(write_data(root / "data"))},
+        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "train": {"epochs": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
+        "decode": {"beam": 10, "top_k": 10},
+        "methods": [{"name": "frozen", "label": "f0"}, "single"],
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(root / "run.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def test_the_decoded_block0_figures_are_the_run_folders(run):
+    out, n = beam.decode_splits(run, method="f0", splits=("test",))
+    (row,) = [
+        r for r in csv.DictReader((run / "results.csv").open()) if r["method"] == "f0" and r["block"] == "0"
+    ]
+    assert n == int(row["users"])
+    assert list(out) == ["10"]
+    assert out["10"]["test"]["ndcg@10"] == pytest.approx(float(row["ndcg@10"]), abs=1e-6)
+    assert out["10"]["test"]["hit@10"] == pytest.approx(float(row["hit@10"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("label", ["single", "frozen", "nope"])
+def test_only_a_frozen_entry_is_accepted(run, label):
+    with pytest.raises(PesoError, match=r"--method: .*not a `frozen` entry.*choose one of: f0"):
+        beam.decode_splits(run, method=label)
