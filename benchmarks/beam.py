@@ -4,7 +4,13 @@
     python benchmarks/beam.py runs/recipe-cds/h64 --beams 10 20 50 100 --json benchmarks/results/beam-cds.json
 
 The model is the run's `frozen` state (block 0's model, unchanged; `--method LABEL` where that entry has a
-label), loaded through `peso deploy` into a temporary store, as the live path loads it. Runs on one thread.
+label), loaded through `peso deploy` into a temporary store, as the live path loads it. `--block N --method
+LABEL` decodes block N's targets with that method's model after block N instead (a validation figure for the
+continual blocks): its last state with block N's exported adapter (PEFT's LoRA and item-row deltas) loaded
+over it. That rebuild is exact for a method whose model is one LoRA; the block's test figures must equal the
+run folder's, or the script stops. Runs on one thread.
+
+    python benchmarks/beam.py runs/sports-base --method single --block 2 --beams 50
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from peso.config import RunConfig
 from peso.dataset import prepare
@@ -27,6 +35,7 @@ from peso.inputs import encode
 from peso.io import write_text
 from peso.live import deploy, load_version
 from peso.metrics import per_user
+from peso.runfolder import read_csv
 from peso.store import Store
 
 
@@ -36,12 +45,14 @@ def decode_splits(
     max_users: int | None = None,
     splits: tuple[str, ...] = ("valid", "test"),
     method: str = "frozen",
+    block: int | None = None,
 ) -> tuple[dict[str, dict], int]:
     """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model (default: the run's own beam),
-    and the users decoded. `method`: the label of the run's `frozen` entry."""
+    and the users decoded. `method`: the label of the run's `frozen` entry; with `block` (a continual block
+    number), any LLM method's, decoded on that block with its state after it."""
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     entry = next((m for m in cfg.methods if m.key == method), None)
-    if entry is None or entry.name != "frozen":
+    if block is None and (entry is None or entry.name != "frozen"):
         # Another method's last state is a later block's model: decoding block 0 with it would mislabel it.
         frozen = [m.key for m in cfg.methods if m.name == "frozen"] or ["none"]
         raise PesoError(
@@ -51,10 +62,17 @@ def decode_splits(
         )
     beams = beams or [cfg.decode.beam]
     prep = prepare(cfg)
-    samples, trie = prep.samples[0], prep.tries[0]
+    numbers = [int(s.number) for s in prep.samples]
+    if block is not None and block not in numbers[1:]:
+        raise PesoError("--block", f"{block} is not a continual block of {run}", f"choose from {numbers[1:]}")
+    at = 0 if block is None else numbers.index(block)
+    samples, trie = prep.samples[at], prep.tries[at]
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         live = load_version(Store.open(deploy(run, method, None, Path(tmp) / "store")), 1)
+        if block is not None:  # a run keeps the full state of the last block only; every block's adapter
+            adapter = run / f"seed_{cfg.seeds[0]}" / method / f"block_{block}" / "adapter"
+            set_peft_model_state_dict(live.model, load_file(adapter / "adapter_model.safetensors"))
         for split in splits:
             enc = encode(samples, live.space, split)
             n = max_users or len(enc.prompts)
@@ -68,6 +86,13 @@ def decode_splits(
                 scores = {m: float(np.mean(v)) for m, v in per_user(ranked, targets).items()}
                 row = out.setdefault(str(beam), {})
                 row[split] = {"hit@10": scores["hit@10"], "ndcg@10": scores["ndcg@10"], "seconds": seconds}
+                if (
+                    block is not None
+                    and split == "test"
+                    and beam == cfg.decode.beam
+                    and n == len(enc.prompts)
+                ):
+                    _check(run, method, cfg.seeds[0], block, scores)
                 print(
                     f"beam {beam:4d} {split}: Hit@10 {scores['hit@10']:.4f} NDCG@10 {scores['ndcg@10']:.4f}"
                     f" ({seconds:.0f} s, {n} users)",
@@ -76,21 +101,39 @@ def decode_splits(
     return out, n
 
 
+def _check(run: Path, method: str, seed: int, block: int, scores: dict) -> None:
+    """The rebuilt model's test figures are the run's own, or it is not the model the run evaluated."""
+    (row,) = [
+        r
+        for r in read_csv(run / "results.csv")
+        if (r["method"], r["seed"], r["block"]) == (method, seed, block)
+    ]
+    if abs(float(row["ndcg@10"]) - scores["ndcg@10"]) > 1e-6:
+        raise PesoError(
+            "--method",
+            f"{method}'s model after block {block} cannot be rebuilt from its exported adapter"
+            f" (test NDCG@10 {scores['ndcg@10']:.6f}, the run's {float(row['ndcg@10']):.6f})",
+            "use a method whose model is one LoRA",
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a run folder with the `frozen` method")
     ap.add_argument("--beams", nargs="+", type=int, default=[10, 20, 50, 100])
     ap.add_argument("--method", default="frozen", help="the label of the run's `frozen` entry (frozen)")
+    ap.add_argument("--block", type=int, help="a continual block: decode it with --method's state after it")
     ap.add_argument("--max-users", type=int, help="the first N users of block 0 only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    out, n = decode_splits(args.run, args.beams, args.max_users, method=args.method)
+    out, n = decode_splits(args.run, args.beams, args.max_users, method=args.method, block=args.block)
     chosen = max(out, key=lambda b: (out[b]["valid"]["ndcg@10"], -int(b)))
     print(f"chosen by validation NDCG@10: beam {chosen}")
     if args.json:
-        payload = {"run": str(args.run), "users": n, "chosen": int(chosen), "beams": out}
+        payload = {"run": str(args.run), "method": args.method, "block": args.block or 0, "users": n}
+        payload |= {"chosen": int(chosen), "beams": out}
         write_text(args.json, json.dumps(payload, indent=1) + "\n")
 
 

@@ -46,3 +46,21 @@ def test_the_decoded_block0_figures_are_the_run_folders(run):
 def test_only_a_frozen_entry_is_accepted(run, label):
     with pytest.raises(PesoError, match=r"--method: .*not a `frozen` entry.*choose one of: f0"):
         beam.decode_splits(run, method=label)
+
+
+def test_a_continual_block_decoded_with_the_state_after_it_gives_the_runs_figures(runs):
+    out, n = beam.decode_splits(runs / "run4", method="peso", block=2, splits=("test",))
+    (row,) = [
+        r
+        for r in csv.DictReader((runs / "run4" / "results.csv").open())
+        if (r["method"], r["block"]) == ("peso", "2")
+    ]
+    assert n == int(row["users"])
+    assert out["12"]["test"]["ndcg@10"] == pytest.approx(float(row["ndcg@10"]), abs=1e-6)
+    assert out["12"]["test"]["hit@10"] == pytest.approx(float(row["hit@10"]), abs=1e-6)
+
+
+def test_a_model_the_export_cannot_rebuild_is_refused(runs):
+    # sumlora-all sums past adapters into its model; block 2's export holds only that block's own LoRA
+    with pytest.raises(PesoError, match=r"sumlora-all's model after block 2 cannot be rebuilt"):
+        beam.decode_splits(runs / "run4", method="sumlora-all", block=2, splits=("test",))
