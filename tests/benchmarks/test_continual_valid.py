@@ -1,0 +1,39 @@
+"""benchmarks/continual_valid.py: every continual block decoded once (then read from the cache), its test
+figures the run folder's, and the choice the highest mean validation NDCG@10."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import continual_valid  # noqa: E402
+
+
+def test_blocks_are_decoded_once_and_the_highest_validation_mean_is_chosen(runs, tmp_path, monkeypatch):
+    cache, out = tmp_path / "cache", tmp_path / "out.json"
+    argv = ["continual_valid.py", f"{runs / 'run4'}:peso", f"{runs / 'run4'}:peso-select", "--beam", "12"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--cache", str(cache), "--json", str(out)])
+    continual_valid.main()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"run4-{m}-b{b}.json" for m in ("peso", "peso-select") for b in (1, 2, 3)
+    )
+    got = json.loads(out.read_text())
+    results = {(r["method"], r["block"]): r for r in csv.DictReader((runs / "run4" / "results.csv").open())}
+    for row in got["rows"]:
+        want = [float(results[(row["method"], str(b))]["ndcg@10"]) for b in (1, 2, 3)]
+        assert row["test"] == pytest.approx(want, abs=1e-6)
+        assert all(0 <= v <= 1 for v in row["valid"])
+    means = {r["method"]: sum(r["valid"]) / 3 for r in got["rows"]}
+    assert got["means"] == pytest.approx(means)
+    assert got["chosen"] == max(means, key=means.get)
+
+    # a second call reads the cache and decodes nothing
+    def refuse(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(continual_valid, "decode_splits", refuse)
+    continual_valid.main()
+    assert json.loads(out.read_text()) == got
