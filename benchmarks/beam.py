@@ -7,8 +7,8 @@ The model is the run's `frozen` state (block 0's model, unchanged; `--method LAB
 label), loaded through `peso deploy` into a temporary store, as the live path loads it. `--block N --method
 LABEL` decodes block N's targets with that method's model after block N instead (a validation figure for the
 continual blocks): its last state with block N's exported adapter (PEFT's LoRA and item-row deltas) loaded
-over it. That rebuild is exact for a method whose model is one LoRA; the block's test figures must equal the
-run folder's, or the script stops. Runs on one thread.
+over it. That rebuild is exact for a method whose model is one LoRA. Either way the model must give the run's
+own top-10 lists for the first batch of test users the run decoded, or the script stops. Runs on one thread.
 
     python benchmarks/beam.py runs/sports-base --method single --block 2 --beams 50
 """
@@ -16,6 +16,7 @@ run folder's, or the script stops. Runs on one thread.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import tempfile
 import time
@@ -31,11 +32,11 @@ from peso.config import RunConfig
 from peso.dataset import prepare
 from peso.decode import recommend
 from peso.errors import PesoError
+from peso.evaluate import Evaluator
 from peso.inputs import encode
 from peso.io import write_text
 from peso.live import deploy, load_version
 from peso.metrics import per_user
-from peso.runfolder import read_csv
 from peso.store import Store
 
 
@@ -73,6 +74,7 @@ def decode_splits(
         if block is not None:  # a run keeps the full state of the last block only; every block's adapter
             adapter = run / f"seed_{cfg.seeds[0]}" / method / f"block_{block}" / "adapter"
             set_peft_model_state_dict(live.model, load_file(adapter / "adapter_model.safetensors"))
+        _check(run, cfg, prep, live, at, method)  # whatever beams and users are asked for
         for split in splits:
             enc = encode(samples, live.space, split)
             n = max_users or len(enc.prompts)
@@ -86,13 +88,6 @@ def decode_splits(
                 scores = {m: float(np.mean(v)) for m, v in per_user(ranked, targets).items()}
                 row = out.setdefault(str(beam), {})
                 row[split] = {"hit@10": scores["hit@10"], "ndcg@10": scores["ndcg@10"], "seconds": seconds}
-                if (
-                    block is not None
-                    and split == "test"
-                    and beam == cfg.decode.beam
-                    and n == len(enc.prompts)
-                ):
-                    _check(run, method, cfg.seeds[0], block, scores)
                 print(
                     f"beam {beam:4d} {split}: Hit@10 {scores['hit@10']:.4f} NDCG@10 {scores['ndcg@10']:.4f}"
                     f" ({seconds:.0f} s, {n} users)",
@@ -101,18 +96,37 @@ def decode_splits(
     return out, n
 
 
-def _check(run: Path, method: str, seed: int, block: int, scores: dict) -> None:
-    """The rebuilt model's test figures are the run's own, or it is not the model the run evaluated."""
-    (row,) = [
-        r
-        for r in read_csv(run / "results.csv")
-        if (r["method"], r["seed"], r["block"]) == (method, seed, block)
-    ]
-    if abs(float(row["ndcg@10"]) - scores["ndcg@10"]) > 1e-6:
+def _check(run: Path, cfg: RunConfig, prep, live, at: int, method: str) -> None:
+    """The loaded model gives the run's own top-k lists (recommendations.csv) for the first batch the run
+    decoded, at the run's settings, or it is not the model the run evaluated. The same batch, so the same
+    padding: the floats, and so the lists, are then the run's to the bit."""
+    d, seed, number = cfg.decode, cfg.seeds[0], int(prep.samples[at].number)
+    folder = run / f"seed_{seed}" / ("block_0" if at == 0 else f"{method}/block_{number}")
+    with (folder / "recommendations.csv").open(newline="") as f:
+        saved = [r["recommendations"] for r in csv.DictReader(f)]  # text: item IDs may look like numbers
+    enc = encode(prep.samples[at], live.space, "test")
+    first = np.argsort([len(p) for p in enc.prompts], kind="stable")[: d.batch_size]  # as recommend batches
+    ranked = recommend(
+        live.model,
+        [enc.prompts[i] for i in first],
+        live.space,
+        prep.tries[at],
+        d.beam,
+        d.top_k,
+        d.batch_size,
+        "check",
+        d.merge,
+        d.compile,
+    )
+    names = Evaluator(prep.index, prep.tries, prep.samples, d).sid_items
+    wrong = sum(
+        " ".join(names[g] for g in row if g >= 0) != saved[i] for i, row in zip(first, ranked, strict=True)
+    )
+    if wrong:
         raise PesoError(
             "--method",
-            f"{method}'s model after block {block} cannot be rebuilt from its exported adapter"
-            f" (test NDCG@10 {scores['ndcg@10']:.6f}, the run's {float(row['ndcg@10']):.6f})",
+            f"{method}'s model after block {number} is not the one the run evaluated ({wrong} of the first"
+            f" {len(first)} test users get other top-{d.top_k} lists than {folder / 'recommendations.csv'})",
             "use a method whose model is one LoRA",
         )
 

@@ -115,3 +115,16 @@ def test_replacement_of_a_new_folder_undoes_to_nothing(tmp_path):
     (tmp_path / "run" / "x").write_text("x")
     r.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_digests_are_sha256_of_every_file_but_hidden_ones(tmp_path):
+    import hashlib
+
+    _fill(tmp_path, "x")
+    pio.mark(tmp_path, "data")  # carries a time: two preparations of the same data would differ by it
+    assert pio.file_digests(tmp_path) == {
+        "a.txt": hashlib.sha256(b"x").hexdigest(),
+        "sub/b.txt": hashlib.sha256(b"x").hexdigest(),
+    }
+    (tmp_path / "sub" / "b.txt").write_text("y")
+    assert pio.file_digests(tmp_path)["sub/b.txt"] == hashlib.sha256(b"y").hexdigest()

@@ -16,6 +16,7 @@ from peso.config import load_config
 from peso.dataset import prepare
 from peso.decode import recommend
 from peso.inputs import encode
+from peso.io import file_digests
 from peso.model import load_backbone
 from tests.conftest import CDS
 
@@ -82,6 +83,9 @@ def test_run_folder_has_every_output(small_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collisions"]["shared_ids"] == 546 and manifest["packages"]["torch"]
     assert manifest["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (
+        manifest["data_sha256"] == file_digests(CDS) and len(manifest["data_sha256"]) == 6
+    )  # 5 blocks, index
     text = (out / "results.md").read_text()
     assert "semantic-ID collisions: 546" in text
     share = next(line for line in text.splitlines() if "share of the training loss" in line)

@@ -217,3 +217,22 @@ def atomic_file(path: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path: two runs' manifests then show whether they read
+    the same data. Hidden files (peso's marker, which carries a time) are left out."""
+    import hashlib
+
+    folder = Path(folder)
+    digests = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digests[rel.as_posix()] = h.hexdigest()
+    return digests

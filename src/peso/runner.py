@@ -35,7 +35,7 @@ from peso.config import RunConfig, with_added_methods
 from peso.dataset import Prepared, prepare
 from peso.evaluate import Evaluator
 from peso.inputs import Encoded, TokenSpace, encode
-from peso.io import Replacement, atomic_dir, check_out, mark, write_text
+from peso.io import Replacement, atomic_dir, check_out, file_digests, mark, write_text
 from peso.model import attach_lora, item_rows, load_backbone, save_base
 from peso.pack import Packed, pack
 from peso.params import ParamSets
@@ -106,6 +106,7 @@ def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "packages": pkgs,
         "dataset": prep.name,
+        "data_sha256": file_digests(Path(cfg.data.path)),  # across checkouts, tells data from float noise
         "items": len(prep.index.items),
         "semantic_ids": prep.index.n_sids,
         "levels": prep.index.level_sizes,

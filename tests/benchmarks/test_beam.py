@@ -60,7 +60,26 @@ def test_a_continual_block_decoded_with_the_state_after_it_gives_the_runs_figure
     assert out["12"]["test"]["hit@10"] == pytest.approx(float(row["hit@10"]), abs=1e-6)
 
 
-def test_a_model_the_export_cannot_rebuild_is_refused(runs):
-    # sumlora-all sums past adapters into its model; block 2's export holds only that block's own LoRA
-    with pytest.raises(PesoError, match=r"sumlora-all's model after block 2 cannot be rebuilt"):
-        beam.decode_splits(runs / "run4", method="sumlora-all", block=2, splits=("test",))
+@pytest.mark.parametrize("beams, users", [(None, None), ([5], 3)])
+def test_a_model_the_export_cannot_rebuild_is_refused(runs, beams, users):
+    # sumlora-all sums past adapters into its model; block 2's export holds only that block's own LoRA.
+    # The check decodes the run's own first batch, so another beam or fewer users do not skip it.
+    with pytest.raises(
+        PesoError, match=r"sumlora-all's model after block 2 is not the one the run evaluated"
+    ):
+        beam.decode_splits(runs / "run4", beams, users, method="sumlora-all", block=2, splits=("test",))
+
+
+def test_the_check_compares_lists_with_the_runs(runs, tmp_path):
+    # the same run folder with one saved top-10 list changed: the check must see it
+    import shutil
+
+    copy = tmp_path / "run4"
+    shutil.copytree(runs / "run4", copy)
+    recs = copy / "seed_0" / "peso" / "block_2" / "recommendations.csv"
+    rows = list(csv.reader(recs.open()))
+    rows[1][2] = " ".join(reversed(rows[1][2].split()))
+    with recs.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    with pytest.raises(PesoError, match=r"1 of the first \d+ test users get other top-10 lists"):
+        beam.decode_splits(copy, [5], 3, method="peso", block=2, splits=("test",))
