@@ -98,36 +98,51 @@ def decode_splits(
 
 def _check(run: Path, cfg: RunConfig, prep, live, at: int, method: str) -> None:
     """The loaded model gives the run's own top-k lists (recommendations.csv) for the first batch the run
-    decoded, at the run's settings, or it is not the model the run evaluated. The same batch, so the same
-    padding: the floats, and so the lists, are then the run's to the bit."""
+    decoded, or it is not the model the run evaluated. Same batch (the main process's shard, in recommend's
+    length order), settings and thread count, so the same floats: the lists must match exactly."""
     d, seed, number = cfg.decode, cfg.seeds[0], int(prep.samples[at].number)
+    info = json.loads((run / "manifest.json").read_text())
     folder = run / f"seed_{seed}" / ("block_0" if at == 0 else f"{method}/block_{number}")
     with (folder / "recommendations.csv").open(newline="") as f:
         saved = [r["recommendations"] for r in csv.DictReader(f)]  # text: item IDs may look like numbers
     enc = encode(prep.samples[at], live.space, "test")
-    first = np.argsort([len(p) for p in enc.prompts], kind="stable")[: d.batch_size]  # as recommend batches
-    ranked = recommend(
-        live.model,
-        [enc.prompts[i] for i in first],
-        live.space,
-        prep.tries[at],
-        d.beam,
-        d.top_k,
-        d.batch_size,
-        "check",
-        d.merge,
-        d.compile,
-    )
+    mine = np.array_split(np.arange(len(enc.prompts)), info.get("processes", 1))[0]  # as peso.dist.shard
+    first = mine[np.argsort([len(enc.prompts[i]) for i in mine], kind="stable")[: d.batch_size]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(info.get("torch_threads", threads))
+    try:
+        ranked = recommend(
+            live.model,
+            [enc.prompts[i] for i in first],
+            live.space,
+            prep.tries[at],
+            d.beam,
+            d.top_k,
+            d.batch_size,
+            "check",
+            d.merge,
+            d.compile,
+        )
+    finally:
+        torch.set_num_threads(threads)
     names = Evaluator(prep.index, prep.tries, prep.samples, d).sid_items
     wrong = sum(
         " ".join(names[g] for g in row if g >= 0) != saved[i] for i, row in zip(first, ranked, strict=True)
     )
     if wrong:
+        here = torch.backends.cpu.get_cpu_capability()
+        fix = (
+            f"decode where the run ran (its manifest: {info.get('cpu_capability')}; here: {here})"
+            if info.get("cpu_capability") != here or "peak_gpu_mb" in info  # other kernels, other floats
+            else "use a method whose model is one LoRA"
+            if at
+            else f"check that {run} is the run folder this model came from"
+        )
         raise PesoError(
             "--method",
             f"{method}'s model after block {number} is not the one the run evaluated ({wrong} of the first"
             f" {len(first)} test users get other top-{d.top_k} lists than {folder / 'recommendations.csv'})",
-            "use a method whose model is one LoRA",
+            fix,
         )
 
 

@@ -121,7 +121,7 @@ def test_file_digests_are_sha256_of_every_file_but_hidden_ones(tmp_path):
     import hashlib
 
     _fill(tmp_path, "x")
-    pio.mark(tmp_path, "data")  # carries a time: two preparations of the same data would differ by it
+    pio.mark(tmp_path, "data")  # hidden: peso's own, not the data
     assert pio.file_digests(tmp_path) == {
         "a.txt": hashlib.sha256(b"x").hexdigest(),
         "sub/b.txt": hashlib.sha256(b"x").hexdigest(),

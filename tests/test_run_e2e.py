@@ -1,6 +1,7 @@
 """End to end: `peso run` on a few dozen real users, its files, and the saved adapter reloaded through PEFT."""
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -16,7 +17,6 @@ from peso.config import load_config
 from peso.dataset import prepare
 from peso.decode import recommend
 from peso.inputs import encode
-from peso.io import file_digests
 from peso.model import load_backbone
 from tests.conftest import CDS
 
@@ -83,9 +83,10 @@ def test_run_folder_has_every_output(small_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collisions"]["shared_ids"] == 546 and manifest["packages"]["torch"]
     assert manifest["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert (
-        manifest["data_sha256"] == file_digests(CDS) and len(manifest["data_sha256"]) == 6
-    )  # 5 blocks, index
+    digests = manifest["data_sha256"]  # the 5 block files and the index, each its own sha256
+    assert sorted(digests) == sorted(p.name for p in CDS.iterdir()) and len(digests) == 6
+    index = next(p for p in CDS.iterdir() if ".index." in p.name)
+    assert digests[index.name] == hashlib.sha256(index.read_bytes()).hexdigest()
     text = (out / "results.md").read_text()
     assert "semantic-ID collisions: 546" in text
     share = next(line for line in text.splitlines() if "share of the training loss" in line)

@@ -221,7 +221,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 def file_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by relative path: two runs' manifests then show whether they read
-    the same data. Hidden files (peso's marker, which carries a time) are left out."""
+    the same data, and which file differs if not (a DATA_DIR's stats.json names the paths it was prepared
+    from). Hidden files (peso's marker, temp files) are left out."""
     import hashlib
 
     folder = Path(folder)

@@ -71,15 +71,16 @@ def test_a_model_the_export_cannot_rebuild_is_refused(runs, beams, users):
 
 
 def test_the_check_compares_lists_with_the_runs(runs, tmp_path):
-    # the same run folder with one saved top-10 list changed: the check must see it
+    # the same run folder with every saved top-10 list changed: the check must see each one it decodes
     import shutil
 
     copy = tmp_path / "run4"
     shutil.copytree(runs / "run4", copy)
     recs = copy / "seed_0" / "peso" / "block_2" / "recommendations.csv"
     rows = list(csv.reader(recs.open()))
-    rows[1][2] = " ".join(reversed(rows[1][2].split()))
     with recs.open("w", newline="") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows)
-    with pytest.raises(PesoError, match=r"1 of the first \d+ test users get other top-10 lists"):
+        csv.writer(f, lineterminator="\n").writerows(
+            [rows[0], *([u, t, r + " 99999"] for u, t, r in rows[1:])]
+        )
+    with pytest.raises(PesoError, match=r"(\d+) of the first \1 test users get other top-10 lists"):
         beam.decode_splits(copy, [5], 3, method="peso", block=2, splits=("test",))
