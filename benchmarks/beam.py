@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,10 +49,12 @@ def decode_splits(
     splits: tuple[str, ...] = ("valid", "test"),
     method: str = "frozen",
     block: int | None = None,
+    users: bool = False,
 ) -> tuple[dict[str, dict], int]:
     """{beam: {split: {hit@10, ndcg@10, seconds}}} of the run's block-0 model (default: the run's own beam),
     and the users decoded. `method`: the label of the run's `frozen` entry; with `block` (a continual block
-    number), any LLM method's, decoded on that block with its state after it."""
+    number), any LLM method's, decoded on that block with its state after it. `users`: each split also
+    gets its per-user NDCG@10 and the sha256 of its user IDs, for paired comparisons."""
     cfg = RunConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
     entry = next((m for m in cfg.methods if m.key == method), None)
     if block is None and (entry is None or entry.name != "frozen"):
@@ -85,9 +89,16 @@ def decode_splits(
                     live.model, enc.prompts[:n], live.space, trie, beam, 10, cfg.decode.batch_size
                 )
                 seconds = time.perf_counter() - start
-                scores = {m: float(np.mean(v)) for m, v in per_user(ranked, targets).items()}
+                each = per_user(ranked, targets)
+                scores = {m: float(np.mean(v)) for m, v in each.items()}
                 row = out.setdefault(str(beam), {})
                 row[split] = {"hit@10": scores["hit@10"], "ndcg@10": scores["ndcg@10"], "seconds": seconds}
+                if users:
+                    ids = "\n".join(str(samples.users[u]) for u in enc.users[:n]).encode()
+                    row[split] |= {
+                        "ndcg@10_users": [round(float(v), 8) for v in each["ndcg@10"]],
+                        "users_sha256": hashlib.sha256(ids).hexdigest(),
+                    }
                 print(
                     f"beam {beam:4d} {split}: Hit@10 {scores['hit@10']:.4f} NDCG@10 {scores['ndcg@10']:.4f}"
                     f" ({seconds:.0f} s, {n} users)",
@@ -167,4 +178,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PesoError as e:  # bad input: one line and exit code 2, as the CLI does
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

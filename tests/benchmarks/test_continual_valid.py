@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from peso.errors import PesoError
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import continual_valid  # noqa: E402
 
@@ -29,6 +31,14 @@ def test_blocks_are_decoded_once_and_the_highest_validation_mean_is_chosen(runs,
     means = {r["method"]: sum(r["valid"]) / 3 for r in got["rows"]}
     assert got["means"] == pytest.approx(means)
     assert got["chosen"] == max(means, key=means.get)
+    # the paired interval's centre is the difference of the means (one seed), and it brackets it
+    (other,) = set(means) - {got["chosen"]}
+    iv = got["vs_chosen"][other]
+    assert iv["mean"] == pytest.approx(means[other] - means[got["chosen"]], abs=1e-7)
+    assert iv["low"] <= iv["mean"] <= iv["high"] and iv["low"] < iv["high"]
+    for f in cache.iterdir():  # the per-user figures are the block's figure
+        d = json.loads(f.read_text())["beams"]["12"]["valid"]
+        assert sum(d["ndcg@10_users"]) / len(d["ndcg@10_users"]) == pytest.approx(d["ndcg@10"], abs=1e-7)
 
     # a second call reads the cache and decodes nothing
     def refuse(*a, **k):
@@ -37,3 +47,11 @@ def test_blocks_are_decoded_once_and_the_highest_validation_mean_is_chosen(runs,
     monkeypatch.setattr(continual_valid, "decode_splits", refuse)
     continual_valid.main()
     assert json.loads(out.read_text()) == got
+
+    # pairs whose validation users differ are not compared
+    f = cache / "run4-peso-b2.json"
+    d = json.loads(f.read_text())
+    d["beams"]["12"]["valid"]["users_sha256"] = "0" * 64
+    f.write_text(json.dumps(d))
+    with pytest.raises(PesoError, match=r"other validation users at seed 0, block 2"):
+        continual_valid.main()
