@@ -10,7 +10,7 @@ interrupted call resumes and the same pair is decoded once. The choice: the high
 over blocks 1.. (averaged over the pairs that share a method label), and beside it each other label's
 difference from the chosen one with a paired 95% bootstrap interval over the validation users (the same
 users, checked by a hash of their IDs; seeds averaged per user, as peso.compare does for test). Runs on
-one thread.
+one thread. `--block0`: the same over block 0, each METHOD a run's `frozen` entry (its block-0 model).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import yaml
 from beam import decode_splits
 
-from peso.compare import Interval, compare_methods
+from peso.compare import Interval, paired_bootstrap
 from peso.errors import PesoError
 from peso.io import write_text
 from peso.runfolder import read_csv
@@ -36,7 +36,9 @@ def block_figures(run: Path, method: str, block: int, beam: int, cache: Path) ->
     decoded once (a cache file from before per-user figures is decoded again)."""
     path = cache / f"{run.name}-{method}-b{block}.json"
     if not path.is_file() or "ndcg@10_users" not in json.loads(path.read_text())["beams"][str(beam)]["valid"]:
-        out, n = decode_splits(run, [beam], method=method, block=block, users=True)
+        # block 0 (a `frozen` entry's model): validation only, its test figures are the run's already
+        splits = ("valid",) if block == 0 else ("valid", "test")
+        out, n = decode_splits(run, [beam], splits=splits, method=method, block=block or None, users=True)
         payload = {
             "run": str(run),
             "method": method,
@@ -50,8 +52,9 @@ def block_figures(run: Path, method: str, block: int, beam: int, cache: Path) ->
 
 
 def paired(figs: dict[tuple[str, int, int], dict], chosen: str) -> dict[str, Interval]:
-    """Each method's validation NDCG@10 minus the chosen one's over the continual blocks: a paired bootstrap
-    over the validation users (seeds averaged per user), on the seeds both have. Same users, or it stops."""
+    """Each method's validation NDCG@10 minus the chosen one's over the blocks: a paired bootstrap over the
+    validation users (seeds averaged per user, as peso.compare does), on the seeds where both have every
+    block. Same users, or it stops."""
     per_user = {}
     for (method, seed, block), f in figs.items():
         other = figs.get((chosen, seed, block))
@@ -62,7 +65,19 @@ def paired(figs: dict[tuple[str, int, int], dict], chosen: str) -> dict[str, Int
                 "compare runs of the same blocks and users",
             )
         per_user[(method, seed, block)] = np.asarray(f["valid"]["ndcg@10_users"])
-    return {m: iv[chosen] for m, iv in compare_methods(per_user, (chosen,)).items()}
+    blocks = sorted({b for _, _, b in per_user})
+    out = {}
+    for method in dict.fromkeys(m for m, _, _ in per_user if m != chosen):
+        seeds = [
+            s
+            for s in sorted({s for m, s, _ in per_user if m == method})
+            if all((m, s, b) in per_user for m in (method, chosen) for b in blocks)
+        ]
+        if seeds:
+            a = [np.mean([per_user[(method, s, b)] for s in seeds], axis=0) for b in blocks]
+            r = [np.mean([per_user[(chosen, s, b)] for s in seeds], axis=0) for b in blocks]
+            out[method] = paired_bootstrap(a, r)
+    return out
 
 
 def main() -> None:
@@ -71,6 +86,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--cache", type=Path, required=True, help="a folder for the per-block figures")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--block0", action="store_true", help="block 0 instead, each METHOD a `frozen` entry")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -81,13 +97,24 @@ def main() -> None:
             {int(r["block"]) for r in read_csv(Path(run) / "results.csv") if r["method"] == method}
         )
         seed = int(yaml.safe_load((Path(run) / "config.yaml").read_text())["seeds"][0])
-        for b in (b for b in blocks if b > 0):
+        blocks = [0] if args.block0 else [b for b in blocks if b > 0]
+        for b in blocks:
             figs[(method, seed, b)] = block_figures(Path(run), method, b, args.beam, args.cache)
-        mine = [figs[(method, seed, b)] for b in blocks if b > 0]
+        mine = [figs[(method, seed, b)] for b in blocks]
         if not mine:
             raise SystemExit(f"{pair}: no continual block of {method} in {run}/results.csv")
         valid = [f["valid"]["ndcg@10"] for f in mine]
-        test = [f["test"]["ndcg@10"] for f in mine]
+        test = (
+            [f["test"]["ndcg@10"] for f in mine]
+            if not args.block0
+            else [
+                next(
+                    float(r["ndcg@10"])
+                    for r in read_csv(Path(run) / "results.csv")
+                    if (r["method"], r["block"]) == (method, 0)
+                )
+            ]
+        )
         rows.append({"run": run, "method": method, "seed": seed, "valid": valid, "test": test})
         print(
             f"{run} {method}: valid NDCG@10 {' '.join(f'{v:.4f}' for v in valid)} (mean {np.mean(valid):.4f});"
@@ -99,7 +126,8 @@ def main() -> None:
         by_method.setdefault(r["method"], []).append(float(np.mean(r["valid"])))
     means = {m: float(np.mean(v)) for m, v in by_method.items()}
     chosen = max(means, key=means.get)
-    print(f"chosen by mean validation NDCG@10 over the continual blocks: {chosen} ({means[chosen]:.4f})")
+    over = "block 0" if args.block0 else "the continual blocks"
+    print(f"chosen by mean validation NDCG@10 over {over}: {chosen} ({means[chosen]:.4f})")
     against = paired(figs, chosen)
     for m, iv in against.items():
         print(f"  {m} - {chosen}, validation NDCG@10, paired 95% interval over validation users: {iv}")

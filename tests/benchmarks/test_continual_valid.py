@@ -55,3 +55,35 @@ def test_blocks_are_decoded_once_and_the_highest_validation_mean_is_chosen(runs,
     f.write_text(json.dumps(d))
     with pytest.raises(PesoError, match=r"other validation users at seed 0, block 2"):
         continual_valid.main()
+
+
+def test_block0_compares_frozen_entries_on_block0_validation(tmp_path, monkeypatch):
+    # two `frozen` entries of one run share block 0's model: equal figures, a difference of exactly 0
+    import yaml
+
+    from peso.cli import main
+    from tests.test_cli_errors import write_data
+
+    config = {
+        "data": {"path": str(write_data(tmp_path / "data"))},
+        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
+        "decode": {"beam": 10, "top_k": 10},
+        "methods": [{"name": "frozen", "label": "a"}, {"name": "frozen", "label": "b"}],
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)]) == 0
+    cache, out = tmp_path / "cache", tmp_path / "out.json"
+    argv = ["continual_valid.py", f"{run}:a", f"{run}:b", "--beam", "10", "--block0"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--cache", str(cache), "--json", str(out)])
+    continual_valid.main()
+    assert sorted(p.name for p in cache.iterdir()) == ["run-a-b0.json", "run-b-b0.json"]
+    got = json.loads(out.read_text())
+    results = {r["method"]: r for r in csv.DictReader((run / "results.csv").open()) if r["block"] == "0"}
+    for row in got["rows"]:
+        assert row["test"] == pytest.approx([float(results[row["method"]]["ndcg@10"])], abs=1e-6)
+    assert got["rows"][0]["valid"] == got["rows"][1]["valid"]
+    (iv,) = got["vs_chosen"].values()
+    assert iv == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    assert set(json.loads((cache / "run-a-b0.json").read_text())["beams"]["10"]) == {"valid"}
