@@ -223,3 +223,19 @@ def kill_update_while_training(store: Path, slice_csv: Path, log: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def tiny_run(root: Path, methods: list, epochs: int = 2) -> Path:
+    """`peso run` of a 16-wide model on test_cli_errors' small data: root/run, with `methods`."""
+    from tests.test_cli_errors import write_data
+
+    config = {
+        "data": {"path": str(write_data(root / "data"))},
+        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "train": {"epochs": epochs, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
+        "decode": {"beam": 10, "top_k": 10},
+        "methods": methods,
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(root / "run.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run"

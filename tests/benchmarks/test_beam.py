@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from peso.cli import main
 from peso.errors import PesoError
-from tests.test_cli_errors import write_data
+from tests.conftest import tiny_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import beam  # noqa: E402
@@ -18,17 +16,7 @@ import beam  # noqa: E402
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("beam")
-    config = {
-        "data": {"path": str(write_data(root / "data"))},
-        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
-        "train": {"epochs": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
-        "decode": {"beam": 10, "top_k": 10},
-        "methods": [{"name": "frozen", "label": "f0"}, "single"],
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    assert main(["run", "--config", str(root / "run.yaml"), "--out", str(root / "run")]) == 0
-    return root / "run"
+    return tiny_run(tmp_path_factory.mktemp("beam"), [{"name": "frozen", "label": "f0"}, "single"])
 
 
 def test_the_decoded_block0_figures_are_the_run_folders(run):

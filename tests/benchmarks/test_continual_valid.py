@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from peso.errors import PesoError
+from tests.conftest import tiny_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import continual_valid  # noqa: E402
@@ -59,21 +60,7 @@ def test_blocks_are_decoded_once_and_the_highest_validation_mean_is_chosen(runs,
 
 def test_block0_compares_frozen_entries_on_block0_validation(tmp_path, monkeypatch):
     # two `frozen` entries of one run share block 0's model: equal figures, a difference of exactly 0
-    import yaml
-
-    from peso.cli import main
-    from tests.test_cli_errors import write_data
-
-    config = {
-        "data": {"path": str(write_data(tmp_path / "data"))},
-        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
-        "train": {"epochs": 1, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
-        "decode": {"beam": 10, "top_k": 10},
-        "methods": [{"name": "frozen", "label": "a"}, {"name": "frozen", "label": "b"}],
-    }
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    run = tmp_path / "run"
-    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)]) == 0
+    run = tiny_run(tmp_path, [{"name": "frozen", "label": "a"}, {"name": "frozen", "label": "b"}], epochs=1)
     cache, out = tmp_path / "cache", tmp_path / "out.json"
     argv = ["continual_valid.py", f"{run}:a", f"{run}:b", "--beam", "10", "--block0"]
     monkeypatch.setattr(sys, "argv", [*argv, "--cache", str(cache), "--json", str(out)])

@@ -4,26 +4,14 @@ import csv
 import sys
 from pathlib import Path
 
-import yaml
-
-from peso.cli import main
-from tests.test_cli_errors import write_data
+from tests.conftest import tiny_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import select_lambdas  # noqa: E402
 
 
 def test_the_kept_lambda_is_the_one_of_lowest_best_validation_loss(tmp_path, capsys):
-    config = {
-        "data": {"path": str(write_data(tmp_path / "data"))},
-        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
-        "train": {"epochs": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
-        "decode": {"beam": 10, "top_k": 10},
-        "methods": ["single", {"name": "peso-select", "lams": [1.0e4, 0.0], "label": "sel"}],
-    }
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    run = tmp_path / "run"
-    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(run)]) == 0
+    run = tiny_run(tmp_path, ["single", {"name": "peso-select", "lams": [1.0e4, 0.0], "label": "sel"}])
     (row,) = select_lambdas.choices(run)
     assert (row["method"], row["seed"], row["block"]) == ("sel", 0, 1)
     log = [r for r in csv.DictReader((run / "training.csv").open()) if r["method"] == "sel"]
