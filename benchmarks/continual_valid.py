@@ -25,7 +25,7 @@ import torch
 import yaml
 from beam import decode_splits
 
-from peso.compare import Interval, paired_bootstrap
+from peso.compare import Interval, compare_methods
 from peso.errors import PesoError
 from peso.io import write_text
 from peso.runfolder import read_csv
@@ -53,8 +53,8 @@ def block_figures(run: Path, method: str, block: int, beam: int, cache: Path) ->
 
 def paired(figs: dict[tuple[str, int, int], dict], chosen: str) -> dict[str, Interval]:
     """Each method's validation NDCG@10 minus the chosen one's over the blocks: a paired bootstrap over the
-    validation users (seeds averaged per user, as peso.compare does), on the seeds where both have every
-    block. Same users, or it stops."""
+    validation users (peso.compare: seeds averaged per user, on the seeds where both have every block).
+    Same users, or it stops."""
     per_user = {}
     for (method, seed, block), f in figs.items():
         other = figs.get((chosen, seed, block))
@@ -65,19 +65,8 @@ def paired(figs: dict[tuple[str, int, int], dict], chosen: str) -> dict[str, Int
                 "compare runs of the same blocks and users",
             )
         per_user[(method, seed, block)] = np.asarray(f["valid"]["ndcg@10_users"])
-    blocks = sorted({b for _, _, b in per_user})
-    out = {}
-    for method in dict.fromkeys(m for m, _, _ in per_user if m != chosen):
-        seeds = [
-            s
-            for s in sorted({s for m, s, _ in per_user if m == method})
-            if all((m, s, b) in per_user for m in (method, chosen) for b in blocks)
-        ]
-        if seeds:
-            a = [np.mean([per_user[(method, s, b)] for s in seeds], axis=0) for b in blocks]
-            r = [np.mean([per_user[(chosen, s, b)] for s in seeds], axis=0) for b in blocks]
-            out[method] = paired_bootstrap(a, r)
-    return out
+    first = min(b for _, _, b in per_user)  # 0 with --block0
+    return {m: iv[chosen] for m, iv in compare_methods(per_user, (chosen,), first).items()}
 
 
 def main() -> None:

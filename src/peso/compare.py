@@ -56,13 +56,15 @@ def paired_bootstrap(
 
 
 def compare_methods(
-    per_user: dict[tuple[str, int, int], np.ndarray], references: tuple[str, ...] = ("single", "peso")
+    per_user: dict[tuple[str, int, int], np.ndarray],
+    references: tuple[str, ...] = ("single", "peso"),
+    first_block: int = 1,
 ) -> dict[str, dict[str, Interval]]:
-    """method -> reference -> interval of (method - reference) over continual blocks, from per-user values
-    keyed by (method, seed, block); values averaged over the seeds where both methods have every block
-    (a run still going compares what it has)."""
+    """method -> reference -> interval of (method - reference) over blocks >= first_block (the continual
+    ones by default), from per-user values keyed by (method, seed, block); values averaged over the seeds
+    where both methods have every block (a run still going compares what it has)."""
     methods = list(dict.fromkeys(m for m, _, _ in per_user))
-    blocks = sorted({b for _, _, b in per_user if b >= 1})
+    blocks = sorted({b for _, _, b in per_user if b >= first_block})
     out: dict[str, dict[str, Interval]] = {}
     for method in methods:
         for ref in references:
