@@ -8,7 +8,9 @@ continual block and the extra term's share of the training loss (`proximal_share
 
 `--seeds 0` keeps seed 0 only (a lambda sweep run on one seed, next to the methods it is compared with).
 `--time-seeds 1 2` takes the training seconds from those seeds only (e.g. the ones that ran on an
-otherwise idle machine); the other columns use every seed.
+otherwise idle machine); the other columns use every seed. `--block0` reports block 0 instead of the
+continual mean (test figures and paired intervals of the block-0 models; the bytes and seconds are block 0's):
+two block-0 recipes in different folders, paired over the same users.
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ def dataset_summary(
     time_seeds: list[int] | None = None,
     seeds: list[int] | None = None,
     refs: tuple[str, ...] = ("single", "peso"),
+    block0: bool = False,
 ) -> dict[str, dict]:
     """method -> figures of one dataset (see the module docstring), over `seeds` only if given."""
     rows, per_user, _ = combine(runs)
     if seeds is not None:
         rows = [r for r in rows if int(r["seed"]) in seeds]
         per_user = {k: v for k, v in per_user.items() if k[1] in seeds}
+    if block0:  # block 0 standing in for the continual blocks: the same means, intervals and columns
+        rows = [{**r, "block": 1} for r in rows if r["block"] == 0]
+        per_user = {(m, s, 1): v for (m, s, b), v in per_user.items() if b == 0}
     shares = penalty_shares(runs, seeds)
     means, intervals = continual_means(rows), compare_methods(per_user, refs)
     last = max(r["block"] for r in rows)
@@ -137,6 +143,7 @@ def main() -> None:
     ap.add_argument(
         "--refs", nargs="+", default=["single", "peso"], help="methods the paired intervals are taken against"
     )
+    ap.add_argument("--block0", action="store_true", help="block 0 instead of the continual blocks' mean")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -145,7 +152,7 @@ def main() -> None:
     for name, *runs in args.dataset:
         if not runs:
             ap.error(f"--dataset {name}: give at least one run folder")
-        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds, args.seeds, refs)
+        data[name] = dataset_summary([Path(r) for r in runs], args.time_seeds, args.seeds, refs, args.block0)
     text = tables(data, refs)
     print(text)
     if args.md:

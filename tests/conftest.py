@@ -172,9 +172,13 @@ def tree(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> Path:
     """The quickstart data on blocks 0..3 and 0..4 (two small runs), and block 4 as a CSV slice."""
-    root = tmp_path_factory.mktemp("live")
+    return live_runs(tmp_path_factory.mktemp("live"), CONFIG)
+
+
+def live_runs(root: Path, config: dict) -> Path:
+    """`runs` under `config`: root/run4 (blocks 0..3), root/run5 (0..4) and root/block4.csv."""
     cfg = root / "c.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
+    cfg.write_text(yaml.safe_dump(config))
     assert (
         main(["run", "--config", str(cfg), "--out", str(root / "run4"), "--set", "data.blocks=[0,1,2,3]"])
         == 0
@@ -225,13 +229,18 @@ def kill_update_while_training(store: Path, slice_csv: Path, log: Path) -> None:
         proc.wait()
 
 
-def tiny_run(root: Path, methods: list, epochs: int = 2) -> Path:
-    """`peso run` of a 16-wide model on test_cli_errors' small data: root/run, with `methods`."""
+def tiny_run(root: Path, methods: list, epochs: int = 2, **model) -> Path:
+    """`peso run` of a 16-wide model on test_cli_errors' small data: root/run, with `methods` (and `model`
+    settings)."""
     from tests.test_cli_errors import write_data
 
     config = {
         "data": {"path": str(write_data(root / "data"))},
-        "model": {"name": "tiny", "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}},
+        "model": {
+            "name": "tiny",
+            "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32},
+            **model,
+        },
         "train": {"epochs": epochs, "batch_size": 2, "warmup_steps": 0, "lr": 1e-2},
         "decode": {"beam": 10, "top_k": 10},
         "methods": methods,

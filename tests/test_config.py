@@ -155,6 +155,7 @@ def test_unknown_section(tmp_path, data_dir):
         ("model.lora.dropout=1", "model.lora.dropout"),
         ("train.lr=fast", "train.lr"),
         ("model.dtype=float16", "model.dtype"),
+        ("model.item_softmax=items", "model.item_softmax"),
         ("threads=0", "threads"),
         ("decode.top_k=5", "decode.top_k"),
     ],

@@ -120,3 +120,40 @@ def test_compiled_decoding_gives_the_same_lists(tiny_lora):
     eager = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4)
     compiled = recommend(model, prompts, space, trie, beam=8, top_k=5, batch_size=4, compile=True)
     assert np.array_equal(eager, compiled)
+
+
+@pytest.mark.parametrize("model_kind", ["tiny", "prompted"])
+def test_trie_softmax_beam_search_equals_brute_force_over_a_catalogue(
+    tiny_lora, local_checkpoint, model_kind
+):
+    """With model.item_softmax: trie, an ID's score is the sum over its levels of the log-softmax among the
+    codes that continue its prefix in the catalogue (EOS over the vocabulary), by full forward passes."""
+    model, space, index = tiny_lora if model_kind == "tiny" else _prompted(local_checkpoint)
+    space.item_softmax = "trie"
+    known = np.arange(0, index.n_sids, 2)  # half the IDs: the restriction depends on the catalogue
+    codes = index.sid_codes[known]
+    trie = Trie(codes, index.level_sizes, known)
+    children: dict[tuple, set] = {}
+    for row in codes.tolist():
+        for d in range(len(row)):
+            children.setdefault(tuple(row[:d]), set()).add(row[d])
+    rng = np.random.default_rng(3)
+    prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 6)))) for _ in range(3)]
+    k = 10
+    sids, scores = beam_search_batch(model, prompts, space, trie, beam=len(known), top_k=k)
+    for r, prompt in enumerate(prompts):
+        exact = []
+        for row in codes.tolist():
+            target = space.target(int(np.flatnonzero((index.codes == row).all(1))[0]))
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 :].float()
+            total = 0.0
+            for d in range(len(row)):
+                allowed = [space.level_offsets[d] + x for x in sorted(children[tuple(row[:d])])]
+                total += (logits[d, target[d]] - torch.logsumexp(logits[d, allowed], 0)).item()
+            if space.append_eos:
+                total += torch.log_softmax(logits[len(row)], -1)[space.eos_id].item()
+            exact.append(total)
+        best = torch.topk(torch.tensor(exact), k)
+        assert sids[r].tolist() == known[best.indices.numpy()].tolist()
+        assert torch.allclose(scores[r], best.values, atol=1e-4)

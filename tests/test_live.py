@@ -18,7 +18,7 @@ import torch
 
 from peso.cli import main
 from peso.store import Store
-from tests.conftest import deployed, kill_update_while_training, tree
+from tests.conftest import CONFIG, deployed, kill_update_while_training, live_runs, tiny_run, tree
 
 
 def rows(path: Path) -> dict:
@@ -41,6 +41,22 @@ def test_an_update_equals_the_same_block_of_peso_run(runs, tmp_path, method, cap
     assert set(report["metrics"]) == {"new", "previous", "popular"} and report["published"]
     assert report["slice"]["interactions"] > 0 and 0 <= report["drift_js"] <= 1
     assert Store(store).current() == 2
+
+
+@pytest.fixture(scope="module")
+def trie_runs(tmp_path_factory) -> Path:
+    """`runs` with model.item_softmax: trie; EWC reads the previous block's pack, over the earlier catalogue."""
+    config = {**CONFIG, "model": {**CONFIG["model"], "item_softmax": "trie"}}
+    return live_runs(tmp_path_factory.mktemp("live-trie"), {**config, "methods": ["peso", "ewc"]})
+
+
+@pytest.mark.parametrize("method", ["peso", "ewc"])
+def test_a_trie_softmax_update_equals_the_same_block_of_peso_run(trie_runs, tmp_path, method):
+    store = deployed(trie_runs, tmp_path, method)
+    assert main(["update", str(store), str(trie_runs / "block4.csv"), "--guard", "none"]) == 0
+    ours = (store / "versions" / "2" / "recommendations.csv").read_text()
+    theirs = (trie_runs / "run5" / "seed_0" / method / "block_4" / "recommendations.csv").read_text()
+    assert ours == theirs
 
 
 def test_new_items_get_ids_the_vocabulary_grows_and_old_ids_stay(runs, tmp_path):
@@ -161,6 +177,64 @@ def test_the_guard_and_a_dry_run(runs, tmp_path, capsys):
     assert {s.version(v)["cpu_capability"] for v in (1, 2)} == {torch.backends.cpu.get_cpu_capability()}
 
 
+def export_top10(model, out: Path, histories: list[list[str]]) -> list[list[str]]:
+    """Top-10 groups from an export with only its two JSON files and transformers: prompts, the prefix table
+    and generate; with trie.json's item_softmax 'trie', a logits processor renormalises each level's
+    log-softmax over the allowed codes."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    trie, items = json.loads((out / "trie.json").read_text()), json.loads((out / "items.json").read_text())
+    allowed: dict[tuple, list[int]] = {}
+    by_tokens = {}
+    for g, codes in zip(trie["group_ids"], trie["groups"], strict=True):
+        toks = [trie["level_token_ids"][d][c] for d, c in enumerate(codes)]
+        by_tokens[tuple(toks)] = "|".join(items["groups"][str(g)])
+        for d in range(len(toks)):
+            allowed.setdefault(tuple(toks[:d]), set()).add(toks[d])
+    allowed = {k: sorted(v) for k, v in allowed.items()}
+
+    class Renormalise(LogitsProcessor):
+        def __call__(self, input_ids, scores):  # scores: masked log-softmax over the vocabulary
+            return torch.log_softmax(scores, dim=-1)
+
+    out_lists = []
+    for h in histories:
+        prompt = trie["prompt"]["prefix"] + [
+            t for i in h[-trie["history"] :] for t in items["items"][i]["tokens"]
+        ]
+        n = len(prompt)
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=torch.tensor([prompt]),
+                num_beams=12,
+                num_return_sequences=10,
+                max_new_tokens=trie["levels"],
+                min_new_tokens=trie["levels"],
+                prefix_allowed_tokens_fn=lambda _b, seq, n=n: allowed.get(tuple(seq[n:].tolist()), []),
+                logits_processor=LogitsProcessorList(
+                    [Renormalise()] if trie["item_softmax"] == "trie" else []
+                ),
+                do_sample=False,
+                length_penalty=0.0,
+                early_stopping=True,
+                pad_token_id=trie["pad_id"],
+            )
+        out_lists.append([by_tokens[tuple(g[n:].tolist())] for g in gen])
+    return out_lists
+
+
+def recommend_lists(store: Path, histories: list[list[str]], capsys) -> list[list[str]]:
+    ours = []
+    for h in histories:
+        capsys.readouterr()
+        assert main(["recommend", str(store), "--history", ",".join(h), "--json"]) == 0
+        ours.append(json.loads(capsys.readouterr().out)["items"])
+    return ours
+
+
+HISTORIES = [["1", "2", "3"], ["50", "100"], ["7"]]
+
+
 def test_the_export_loads_without_peso_and_ranks_as_peso_recommend(runs, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -168,52 +242,29 @@ def test_the_export_loads_without_peso_and_ranks_as_peso_recommend(runs, tmp_pat
     store = deployed(runs, tmp_path)
     out = tmp_path / "export"
     assert main(["export-model", str(store), "--out", str(out)]) == 0
-    trie, items = json.loads((out / "trie.json").read_text()), json.loads((out / "items.json").read_text())
-    histories = [["1", "2", "3"], ["50", "100"], ["7"]]
-    ours = []
-    for h in histories:
-        capsys.readouterr()
-        assert main(["recommend", str(store), "--history", ",".join(h), "--json"]) == 0
-        ours.append(json.loads(capsys.readouterr().out)["items"])
-
-    def top10(model) -> list[list[str]]:
-        """Only the two files and transformers: prompts, the prefix table and generate."""
-        allowed: dict[tuple, list[int]] = {}
-        by_tokens = {}
-        for g, codes in zip(trie["group_ids"], trie["groups"], strict=True):
-            toks = [trie["level_token_ids"][d][c] for d, c in enumerate(codes)]
-            by_tokens[tuple(toks)] = "|".join(items["groups"][str(g)])
-            for d in range(len(toks)):
-                allowed.setdefault(tuple(toks[:d]), set()).add(toks[d])
-        allowed = {k: sorted(v) for k, v in allowed.items()}
-        out = []
-        for h in histories:
-            prompt = trie["prompt"]["prefix"] + [
-                t for i in h[-trie["history"] :] for t in items["items"][i]["tokens"]
-            ]
-            n = len(prompt)
-            with torch.no_grad():
-                gen = model.generate(
-                    input_ids=torch.tensor([prompt]),
-                    num_beams=12,
-                    num_return_sequences=10,
-                    max_new_tokens=trie["levels"],
-                    min_new_tokens=trie["levels"],
-                    prefix_allowed_tokens_fn=lambda _b, seq, n=n: allowed.get(tuple(seq[n:].tolist()), []),
-                    do_sample=False,
-                    length_penalty=0.0,
-                    early_stopping=True,
-                    pad_token_id=trie["pad_id"],
-                )
-            out.append([by_tokens[tuple(g[n:].tolist())] for g in gen])
-        return out
-
+    ours = recommend_lists(store, HISTORIES, capsys)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
-    assert top10(merged) == ours
+    assert export_top10(merged, out, HISTORIES) == ours
     adapted = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(out / "base"), out / "adapter"
     ).eval()
-    assert top10(adapted) == ours
+    assert export_top10(adapted, out, HISTORIES) == ours
+
+
+def test_a_trie_softmax_export_ranks_as_peso_recommend_with_renormalised_levels(tmp_path, capsys):
+    """Two-level IDs where one first code has a single continuation: renormalising the levels reorders."""
+    from transformers import AutoModelForCausalLM
+
+    run = tiny_run(tmp_path, ["single"], item_softmax="trie")
+    store, out = tmp_path / "store", tmp_path / "export"
+    assert main(["deploy", str(run), "--method", "single", "--out", str(store)]) == 0
+    assert main(["export-model", str(store), "--out", str(out)]) == 0
+    assert json.loads((out / "trie.json").read_text())["item_softmax"] == "trie"
+    histories = [["i1", "i2"], ["i5"], ["i3", "i4", "i1"], ["i2", "i5", "i4"]]
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    ours, theirs = recommend_lists(store, histories, capsys), export_top10(merged, out, histories)
+    assert all(len(o) == 5 for o in ours)  # every item (generate pads its 10 beams with repeats)
+    assert [t[: len(o)] for t, o in zip(theirs, ours, strict=True)] == ours
 
 
 def test_gc_keeps_the_current_version_and_its_anchor(runs, tmp_path, capsys):

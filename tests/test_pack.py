@@ -14,6 +14,7 @@ from peso.config import ModelConfig
 from peso.data.samples import BlockSamples
 from peso.inputs import encode
 from peso.pack import IGNORE, pack
+from peso.tokenize.trie import Trie
 from peso.train import packed_loss, plan_batches
 from tests.conftest import adapted, small_index
 
@@ -123,3 +124,55 @@ def test_batches_cover_every_segment_once_with_about_batch_size_targets():
     # within a batch, lengths are close: padding stays small next to a random batch
     pad = np.mean([lengths[b].max() - lengths[b].mean() for b in batches])
     assert pad < 0.5 * (lengths.max() - lengths.mean())
+
+
+def children_of(codes: np.ndarray) -> dict[tuple[int, ...], list[int]]:
+    """prefix -> the codes that continue it among `codes`, by a plain loop (the hand computation)."""
+    out: dict[tuple[int, ...], set[int]] = {}
+    for row in codes.tolist():
+        for d in range(len(row)):
+            out.setdefault(tuple(row[:d]), set()).add(row[d])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def trie_per_example_loss(model, space, s: BlockSamples, split: str, known: np.ndarray, temperature: float):
+    """Each item token's cross-entropy over the codes that continue its target's prefix among the `known`
+    IDs, EOS over the vocabulary; one forward pass per target."""
+    enc, children = encode(s, space, split), children_of(space.codes[known])
+    losses = []
+    for prompt, target, item in zip(enc.prompts, enc.targets.tolist(), enc.items.tolist(), strict=True):
+        logits = model(input_ids=torch.tensor([prompt + target])).logits[0, len(prompt) - 1 : -1].float()
+        logits = logits / temperature
+        code = space.codes[item].tolist()
+        for k, tok in enumerate(target):
+            if k < len(code):
+                allowed = [space.level_offsets[k] + c for c in children[tuple(code[:k])]]
+                losses.append(torch.logsumexp(logits[k, allowed], 0) - logits[k, tok])
+            else:
+                losses.append(F.cross_entropy(logits[k], torch.tensor(tok)))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("model_kind", ["tiny", "prompted"])
+def test_trie_softmax_loss_is_each_token_normalised_over_the_codes_that_continue_its_prefix(
+    tiny_lora, prompted2, model_kind
+):
+    model, space, index = tiny_lora if model_kind == "tiny" else prompted2
+    s = samples(len(index.items), seed=2)
+    seen = np.unique(np.concatenate(s.sequences))
+    known = np.unique(index.sid[seen])  # the catalogue: the items the block has met, not the whole index
+    assert len(known) < index.n_sids
+    trie = Trie(index.sid_codes[known], index.level_sizes, known)
+    vocab = packed_loss(model, pack(s, space, "train"), np.arange(len(pack(s, space, "train"))), 0.8)
+    space.item_softmax = "trie"
+    packed = pack(s, space, "train", trie=trie)
+    ref = trie_per_example_loss(model, space, s, "train", seen, 0.8)
+    ref_g = grads(model, ref)
+    got = packed_loss(model, packed, np.arange(len(packed)), 0.8)
+    got_g = grads(model, got)
+    assert abs(got.item() - ref.item()) < 1e-5
+    assert got.item() < vocab.item() - 0.1  # the restriction acts: fewer competitors, a lower loss
+    for n in ref_g:
+        assert torch.allclose(got_g[n], ref_g[n], atol=1e-5, rtol=1e-4), n
+    with pytest.raises(ValueError, match="trie"):
+        pack(s, space, "train")  # a trie-softmax pack without its catalogue is a programming error

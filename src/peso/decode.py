@@ -1,7 +1,8 @@
 """Decoding stage: trie-constrained beam search over semantic IDs, all users and beams of a batch at once.
 
 Scores are sums of log-softmax over the full vocabulary (as `generate` computes them), restricted at each
-step to the codes that continue a real item's ID, so no non-existent item can be emitted. For prompted
+step to the codes that continue a real item's ID, so no non-existent item can be emitted; with
+`model.item_softmax: trie`, each step's log-softmax is over those codes alone, as training normalised it. For prompted
 models, whose response ends with EOS, the score includes log p(EOS | ID), the last step `generate` takes. One forward pass
 per level, one token per beam: beams share their user's cached prompt through a tree mask instead of each
 holding a copy of it (users x beams x prompt length, copied again whenever beams reorder).
@@ -47,8 +48,13 @@ def beam_search_batch(
     for depth in range(trie.levels):
         size, off = trie.level_sizes[depth], space.level_offsets[depth]
         width_b = node.shape[1]
-        logp = F.log_softmax(logits.float(), dim=-1)[..., off : off + size]
-        logp = logp.masked_fill(~trie.mask(depth, node.flatten()).view(n, width_b, size), float("-inf"))
+        valid = trie.mask(depth, node.flatten()).view(n, width_b, size)
+        if space.item_softmax == "trie":  # normalised over the valid codes, as the model was trained
+            logp = F.log_softmax(logits[..., off : off + size].float().masked_fill(~valid, float("-inf")), -1)
+            logp = logp.masked_fill(~valid, float("-inf"))  # rows of dead beams: all -inf gives NaN
+        else:
+            logp = F.log_softmax(logits.float(), dim=-1)[..., off : off + size]
+            logp = logp.masked_fill(~valid, float("-inf"))
         k = min(beam, width_b * size)
         scores, flat = (scores.unsqueeze(-1) + logp).view(n, -1).topk(k, dim=-1)  # (n, k)
         parent, code = flat // size, flat % size

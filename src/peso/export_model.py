@@ -8,7 +8,7 @@ OUT/
               modules_to_save, which vLLM refuses: its issues 9280, 36501). Only for methods whose state is
               one LoRA; cumulative methods keep past adapters beside it and export merged/ alone.
   trie.json   how to constrain decoding to real items: the token ids of each level's codes, the ID of every
-              known item group, and the prompt's fixed tokens
+              known item group, the prompt's fixed tokens, and what each level's softmax is over
   items.json  item -> token ids and title; group -> items
   export.json what was written, from which store and version
 """
@@ -112,6 +112,9 @@ def export_model(store: Store, out: Path, version: int | None = None) -> Path:
             "pad_id": space.pad_id,
             "prompt": {"prefix": space.prefix, "separator": space.separator, "suffix": space.suffix},
             "history": live.cfg.data.history,
+            # "trie": each level's log-softmax is over the allowed codes alone (model.item_softmax), not
+            # the vocabulary's masked log-softmax that `generate` with prefix_allowed_tokens_fn computes
+            "item_softmax": space.item_softmax,
         }
         write_text(tmp / "trie.json", json.dumps(trie_json))
         titles = store.titles(n)

@@ -25,6 +25,7 @@ class TokenSpace:
     separator: list[int] = field(default_factory=list)  # between items
     suffix: list[int] = field(default_factory=list)  # after the items
     append_eos: bool = False  # the response ends with EOS (prompted LLMs, as the paper's code)
+    item_softmax: str = "vocab"  # "trie": item tokens normalised over the codes that continue a real ID
 
     def item_tokens(self, item: int) -> list[int]:
         return [off + int(c) for off, c in zip(self.level_offsets, self.codes[item], strict=True)]

@@ -406,8 +406,9 @@ def update(
             "give a larger slice",
         )
     space, model = live.space, live.model
-    train, valid = pack(current, space, "train", share=cfg.train.packing), pack(current, space, "valid")
     trie = live.trie(everything)
+    train = pack(current, space, "train", share=cfg.train.packing, trie=trie)
+    valid = pack(current, space, "valid", trie=trie)
     evaluator = Evaluator(live.index, [trie], [current], cfg.decode)
     test_enc, valid_enc = encode(current, space, "test"), encode(current, space, "valid")
     sid = live.index.sid
@@ -426,7 +427,7 @@ def update(
     popular_metrics = _metrics(popular.rank(0, current, cfg.decode.top_k), test_targets)
 
     set_rng_state(live.rng)  # as the last block left them
-    prev_pack = pack(previous, space, "train", share=cfg.train.packing)
+    prev_pack = pack(previous, space, "train", share=cfg.train.packing, trie=live.trie())
     label = info["method"]
     earlier = lambda: _earlier(live, cfg)  # noqa: E731 (only retraining reads them)
     tc = method_train(live.method.settings, cfg.train)
@@ -499,9 +500,9 @@ def update(
 
 
 def _earlier(live: Loaded, cfg: RunConfig) -> list[Packed]:
-    blocks = sorted(set(live.interactions["block"].to_list()))
+    blocks, trie = sorted(set(live.interactions["block"].to_list())), live.trie()
     return [
-        pack(_samples(live.interactions, b, cfg, live.index), live.space, "train", share=cfg.train.packing)
+        pack(_samples(live.interactions, b, cfg, live.index), live.space, "train", cfg.train.packing, trie)
         for b in blocks
     ]
 

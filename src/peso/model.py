@@ -102,6 +102,7 @@ def load_backbone(
     """The base causal LM with the item tokens in its vocabulary (not yet adapted); with `codebooks`, their
     rows start from them (`init_item_rows`)."""
     model, space = _tiny(cfg, index) if cfg.name == "tiny" else _pretrained(cfg, index)
+    space.item_softmax = cfg.item_softmax
     if codebooks is not None:
         init_item_rows(model, space, index, codebooks)
     return model, space

@@ -24,6 +24,7 @@ import torch
 
 from peso.data.samples import BlockSamples
 from peso.inputs import TokenSpace, attention_mask, mask_dtype
+from peso.tokenize.trie import Trie
 
 IGNORE = -100
 
@@ -36,6 +37,10 @@ class Segment:
     branch: np.ndarray  # (T,) keys branch <= j <= i are visible too (own branch; stream tokens: i + 1)
     labels: np.ndarray  # (T,) the next token where a loss is taken, IGNORE elsewhere
     targets: int
+    items: np.ndarray | None = None  # (T,) the target item whose token `labels` holds, -1 elsewhere
+
+
+MASKED = -1e4  # a logit outside the trie: exp() is 0 in float32, yet KL terms stay finite (0 * finite)
 
 
 @dataclass
@@ -44,8 +49,44 @@ class Step:
     positions that predict target tokens, with those tokens. Strategies' extra losses may use it."""
 
     inputs: dict[str, torch.Tensor]
-    logits: torch.Tensor  # (target tokens, vocab)
+    logits: torch.Tensor  # (target tokens, vocab), already `restrict`ed
     labels: torch.Tensor  # (target tokens,)
+    allowed: torch.Tensor | None = None  # (target tokens, vocab) under `model.item_softmax: trie`
+
+    def restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Other logits at these positions (a reference model's) normalised as the step's are."""
+        return logits if self.allowed is None else logits.masked_fill(~self.allowed, MASKED)
+
+
+@dataclass(frozen=True)
+class TrieSoftmax:
+    """`model.item_softmax: trie` in training: an item token's logits are restricted to the codes that
+    continue its target's prefix in the catalogue's trie, so the loss is the item's own log-likelihood
+    among the catalogue, the distribution the trie-constrained ranking reads. Other tokens (EOS) keep the
+    whole vocabulary."""
+
+    trie: Trie
+    codes: np.ndarray  # (n_items, levels): each item's codes
+    level_offsets: list[int]
+    level_sizes: list[int]
+
+    def allowed(self, labels: torch.Tensor, items: torch.Tensor, vocab: int) -> torch.Tensor:
+        """(len(labels), vocab): the tokens each target token is normalised over."""
+        device = labels.device
+        allowed = torch.ones(len(labels), vocab, dtype=torch.bool, device=device)
+        codes = torch.from_numpy(self.codes).to(device)[items.clamp(min=0)]
+        node = torch.zeros(len(labels), dtype=torch.long, device=device)  # every prefix starts at the root
+        trie = self.trie.to(device)
+        for d, (off, size) in enumerate(zip(self.level_offsets, self.level_sizes, strict=True)):
+            at = (items >= 0) & (labels >= off) & (labels < off + size)
+            if at.any():
+                rows = torch.zeros(int(at.sum()), vocab, dtype=torch.bool, device=device)
+                rows[:, off : off + size] = trie.mask(d, node[at])
+                allowed[at] = rows
+            if d + 1 < len(self.level_sizes):
+                node = trie.step(d, node, codes[:, d])
+        allowed[torch.arange(len(labels), device=device), labels] = True  # never an infinite loss
+        return allowed
 
 
 @dataclass
@@ -53,6 +94,7 @@ class Packed:
     segments: list[Segment]
     causal: bool  # no branches: a causal mask with right padding is the whole story
     pad_id: int
+    softmax: TrieSoftmax | None = None  # `model.item_softmax: trie`; None: the whole vocabulary
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -75,6 +117,7 @@ class Packed:
         ids = np.full((len(segs), width), self.pad_id, dtype=np.int64)
         pos = np.zeros((len(segs), width), dtype=np.int64)
         labels = np.full((len(segs), width), IGNORE, dtype=np.int64)
+        items = np.full((len(segs), width), -1, dtype=np.int64)
         hi = np.zeros((len(segs), width), dtype=np.int64)
         branch = np.tile(np.arange(width), (len(segs), 1))  # padding sees itself only (no empty rows)
         for r, s in enumerate(segs):
@@ -86,10 +129,13 @@ class Packed:
                 s.hi,
                 s.branch,
             )
+            if s.items is not None:
+                items[r, :n] = s.items
         out = {
             "input_ids": torch.from_numpy(ids).to(device),
             "position_ids": torch.from_numpy(pos).to(device),
             "labels": torch.from_numpy(labels).to(device),
+            "label_items": torch.from_numpy(items).to(device),
         }
         if self.causal:
             out["attention_mask"] = torch.from_numpy(hi > 0).long().to(device)
@@ -107,16 +153,25 @@ def forward_targets(model: torch.nn.Module, packed: Packed, rows: np.ndarray, au
     head over the vocabulary is the costly part)."""
     device = next(model.parameters()).device
     inputs = packed.batch(rows, device, mask_dtype(model))
-    labels = inputs.pop("labels")
-    inputs["logits_to_keep"] = labels != IGNORE
+    labels, items = inputs.pop("labels"), inputs.pop("label_items")
+    keep = inputs["logits_to_keep"] = labels != IGNORE
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(**inputs).logits
-    return Step(inputs, logits, labels[inputs["logits_to_keep"]])
+    step = Step(inputs, logits, labels[keep])
+    if packed.softmax is not None:
+        step.allowed = packed.softmax.allowed(step.labels, items[keep], logits.shape[-1])
+        step.logits = step.restrict(logits)
+    return step
 
 
 def concat(parts: list[Packed]) -> Packed:
-    """The segments of several blocks as one training set (`retrain`)."""
-    return Packed([s for p in parts for s in p.segments], all(p.causal for p in parts), parts[0].pad_id)
+    """The segments of several blocks as one training set (`retrain`), over the last block's catalogue."""
+    return Packed(
+        [s for p in parts for s in p.segments],
+        all(p.causal for p in parts),
+        parts[0].pad_id,
+        parts[-1].softmax,
+    )
 
 
 def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_stream: bool) -> Segment:
@@ -133,12 +188,12 @@ def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_
     pos = list(range(n))
     hi = list(range(1, n + 1))
     branch = list(range(1, n + 1))
-    labels = [IGNORE] * n
+    labels, items = [IGNORE] * n, [-1] * n
     for p in targets:
         tgt = space.target(int(seq[p]))
         if in_stream:  # the token before each target token predicts it
             for k, tok in enumerate(tgt):
-                labels[start[p] - 1 + k] = tok
+                labels[start[p] - 1 + k], items[start[p] - 1 + k] = tok, int(seq[p])
             continue
         b0, tail = len(ids), space.suffix + tgt
         ids.extend(tail)
@@ -146,23 +201,32 @@ def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_
         hi.extend([end[p - 1]] * len(tail))
         branch.extend([b0] * len(tail))
         labels.extend([IGNORE] * len(tail))
+        items.extend([-1] * len(tail))
         # tail[k] is predicted by the token before it: the last history token, then the branch's own
         pred = [end[p - 1] - 1, *range(b0, b0 + len(tail) - 1)]
         for k in range(len(space.suffix), len(tail)):
-            labels[pred[k]] = tail[k]
+            labels[pred[k]], items[pred[k]] = tail[k], int(seq[p])
     a64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
-    return Segment(a64(ids), a64(pos), a64(hi), a64(branch), a64(labels), len(targets))
+    return Segment(a64(ids), a64(pos), a64(hi), a64(branch), a64(labels), len(targets), a64(items))
 
 
-def pack(samples: BlockSamples, space: TokenSpace, split: str, share: bool = True) -> Packed:
-    """The targets of a split ('train', 'valid', 'test') as segments; `share=False`: one per target."""
+def pack(
+    samples: BlockSamples, space: TokenSpace, split: str, share: bool = True, trie: Trie | None = None
+) -> Packed:
+    """The targets of a split ('train', 'valid', 'test') as segments; `share=False`: one per target. `trie`:
+    the block's catalogue, which `model.item_softmax: trie` normalises item tokens over."""
     in_stream = not space.suffix and not space.separator and not space.append_eos
+    softmax = None
+    if space.item_softmax == "trie":
+        if trie is None:
+            raise ValueError("item_softmax 'trie' packs need the block's trie")
+        softmax = TrieSoftmax(trie, np.asarray(space.codes), space.level_offsets, space.level_sizes)
     W = samples.history
     segments = []
     if not share:
         for u, p in samples.examples(split):
             segments.append(_segment(space, samples.sequences[u], max(0, p - W), [p], in_stream))
-        return Packed(segments, causal=in_stream, pad_id=space.pad_id)
+        return Packed(segments, causal=in_stream, pad_id=space.pad_id, softmax=softmax)
     for u in range(len(samples)):
         seq = samples.sequences[u]
         if split == "train":
@@ -173,4 +237,4 @@ def pack(samples: BlockSamples, space: TokenSpace, split: str, share: bool = Tru
         if early:  # windows that start at item 0: one prefix segment
             segments.append(_segment(space, seq, 0, early, in_stream))
         segments.extend(_segment(space, seq, p - W, [p], in_stream) for p in ps if p > W)
-    return Packed(segments, causal=in_stream, pad_id=space.pad_id)
+    return Packed(segments, causal=in_stream, pad_id=space.pad_id, softmax=softmax)

@@ -303,11 +303,11 @@ class Run:
         params.snapshot("init", "block0")  # where `retrain` starts every block from
         encs = [
             Encodings(
-                pack(s, space, "train", share=cfg.train.packing),
-                pack(s, space, "valid"),
+                pack(s, space, "train", share=cfg.train.packing, trie=trie),
+                pack(s, space, "valid", trie=trie),
                 encode(s, space, "test"),
             )
-            for s in self.prep.samples
+            for s, trie in zip(self.prep.samples, self.prep.tries, strict=True)
         ]
         return Backbone(model, space, params, encs, full)
 

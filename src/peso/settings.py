@@ -79,6 +79,12 @@ class ModelConfig(_Section):
         description="item-token rows at the start: the model's own init, or each code's centroid in the data's"
         " codebooks (peso tokenize) through a fixed random projection, at the init's scale per level",
     )
+    item_softmax: Literal["vocab", "trie"] = Field(
+        "vocab",
+        description="what an item token's probability is normalised over, in training, validation and beam"
+        " search alike: the whole vocabulary (the paper), or only the codes that continue a catalogue item's"
+        " ID from the target's prefix (the item likelihood the trie-constrained ranking uses)",
+    )
 
 
 class TrainConfig(_Section):

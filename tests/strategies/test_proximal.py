@@ -14,6 +14,7 @@ from peso.model import lora_layers
 from peso.pack import forward_targets, pack
 from peso.strategies import REGISTRY, AdapterStrategy, create
 from peso.strategies.base import BlockData, RunContext
+from peso.tokenize.trie import Trie
 
 NEW = ["l2", "orthogonal", "output-kl", "ewc", "peso-all"]
 
@@ -166,8 +167,21 @@ def packed(tiny_lora):
     return pack(_samples(len(index.items)), space, "train")
 
 
-def test_output_kl_zero_at_block_start(tiny_lora, packed):
+@pytest.fixture(params=["vocab", "trie"])
+def packed_either(tiny_lora, request):
+    """`packed`, and the same under model.item_softmax: trie over the items the samples meet."""
+    _, space, index = tiny_lora
+    s = _samples(len(index.items))
+    if request.param == "vocab":
+        return pack(s, space, "train")
+    space.item_softmax = "trie"
+    known = np.unique(index.sid[np.concatenate(s.sequences)])
+    return pack(s, space, "train", trie=Trie(index.sid_codes[known], index.level_sizes, known))
+
+
+def test_output_kl_zero_at_block_start(tiny_lora, packed_either):
     model, _, _ = tiny_lora
+    packed = packed_either
     strat = create(_cfg("output-kl", lam=1.0))
     strat.setup_block(model, 1, None)
     step = forward_targets(model, packed, np.arange(len(packed)))
@@ -175,8 +189,9 @@ def test_output_kl_zero_at_block_start(tiny_lora, packed):
     assert abs(strat.extra_loss(model, step).item()) < 1e-7
 
 
-def test_output_kl_equals_kl_of_two_explicit_forward_passes(tiny_lora, packed):
+def test_output_kl_equals_kl_of_two_explicit_forward_passes(tiny_lora, packed_either):
     model, _, _ = tiny_lora
+    packed = packed_either
     strat = create(_cfg("output-kl", lam=3.0))
     strat.setup_block(model, 1, None)
     rows = np.arange(len(packed))

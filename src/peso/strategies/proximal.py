@@ -154,7 +154,7 @@ class OutputKL(AdapterStrategy):
         if not self.prev or self.lam == 0:
             return None
         logp = F.log_softmax(step.logits.float(), dim=-1)
-        logq = F.log_softmax(self.previous_logits(model, step).float(), dim=-1)
+        logq = F.log_softmax(step.restrict(self.previous_logits(model, step)).float(), dim=-1)
         return self.lam * (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
