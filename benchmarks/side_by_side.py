@@ -65,7 +65,7 @@ def dataset_summary(
     if block0:  # block 0 standing in for the continual blocks: the same means, intervals and columns
         rows = [{**r, "block": 1} for r in rows if r["block"] == 0]
         per_user = {(m, s, 1): v for (m, s, b), v in per_user.items() if b == 0}
-    shares = penalty_shares(runs, seeds)
+    shares = {} if block0 else penalty_shares(runs, seeds)  # the term acts in the continual blocks only
     means, intervals = continual_means(rows), compare_methods(per_user, refs)
     last = max(r["block"] for r in rows)
     out = {}
