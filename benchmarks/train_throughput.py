@@ -53,6 +53,7 @@ def usual_loss(model, packed: Packed, rows, temperature: float) -> torch.Tensor:
     """The way the anchors train: logits over the vocabulary at every position, loss where labels are set."""
     batch = packed.batch(rows)
     labels = batch.pop("labels")
+    batch.pop("label_items")  # what model.item_softmax: trie restricts by; not a model input
     logits = model(**batch).logits.float() / temperature
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 

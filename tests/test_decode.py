@@ -100,11 +100,15 @@ def test_prompted_beam_scores_include_the_end_of_the_response(local_checkpoint):
         assert torch.allclose(scores[r], best.values, atol=1e-4)
 
 
-def test_prompted_top10_equals_generate_with_prefix_allowed_tokens(local_checkpoint):
+@pytest.mark.parametrize("softmax", ["vocab", "trie"])
+def test_prompted_top10_equals_generate_with_prefix_allowed_tokens(local_checkpoint, softmax):
+    """`trie`: generate with peso's TrieRenormalise on the ID's levels (EOS keeps the vocabulary's score)."""
     from peso.decode import generate_reference
 
     model, space, index = _prompted(local_checkpoint)
-    trie = Trie(index.sid_codes, index.level_sizes)
+    space.item_softmax = softmax
+    known = np.arange(index.n_sids) if softmax == "vocab" else np.arange(0, index.n_sids, 2)
+    trie = Trie(index.sid_codes[known], index.level_sizes, known)
     rng = np.random.default_rng(5)
     prompts = [space.prompt(rng.integers(0, len(index.items), int(rng.integers(1, 6)))) for _ in range(12)]
     ours = recommend(model, prompts, space, trie, beam=16, top_k=10, batch_size=4, merge=False)

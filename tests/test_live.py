@@ -194,8 +194,15 @@ def export_top10(model, out: Path, histories: list[list[str]]) -> list[list[str]
     allowed = {k: sorted(v) for k, v in allowed.items()}
 
     class Renormalise(LogitsProcessor):
+        """The ID's tokens over the allowed codes; a prompted model's EOS keeps the vocabulary's score."""
+
+        def __init__(self, prompt_width: int) -> None:
+            self.prompt_width = prompt_width
+
         def __call__(self, input_ids, scores):  # scores: masked log-softmax over the vocabulary
-            return torch.log_softmax(scores, dim=-1)
+            if input_ids.shape[1] - self.prompt_width < trie["levels"]:
+                return torch.log_softmax(scores, dim=-1)
+            return scores
 
     out_lists = []
     for h in histories:
@@ -212,7 +219,7 @@ def export_top10(model, out: Path, histories: list[list[str]]) -> list[list[str]
                 min_new_tokens=trie["levels"],
                 prefix_allowed_tokens_fn=lambda _b, seq, n=n: allowed.get(tuple(seq[n:].tolist()), []),
                 logits_processor=LogitsProcessorList(
-                    [Renormalise()] if trie["item_softmax"] == "trie" else []
+                    [Renormalise(n)] if trie["item_softmax"] == "trie" else []
                 ),
                 do_sample=False,
                 length_penalty=0.0,

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from peso.inputs import TokenSpace, attention_mask, left_pad, mask_dtype, position_ids
 from peso.model import merged
@@ -119,7 +120,7 @@ def brute_force_scores(
     model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray, chunk: int = 4096
 ) -> torch.Tensor:
     """Log-probability of every semantic ID for one prompt, by teacher forcing each full ID: the exact
-    ranking that beam search approximates. The prompt runs once; its cache is copied per chunk of IDs."""
+    ranking that beam search approximates under `model.item_softmax: vocab` (the vocabulary's softmax). The prompt runs once; its cache is copied per chunk of IDs."""
     model.eval()
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -153,6 +154,20 @@ def prefix_table(sid_codes: np.ndarray, space: TokenSpace) -> dict[tuple[int, ..
         for d in range(len(toks)):
             table.setdefault(tuple(toks[:d]), set()).add(toks[d])
     return {k: sorted(v) for k, v in table.items()}
+
+
+class TrieRenormalise(LogitsProcessor):
+    """A `generate` logits processor for `model.item_softmax: trie`: after the prefix mask, each of the ID's
+    `levels` tokens is renormalised over the allowed codes (log_softmax of the masked log-probabilities);
+    the tokens after them (EOS) keep the vocabulary's, as `beam_search_batch` scores them."""
+
+    def __init__(self, prompt_width: int, levels: int) -> None:
+        self.prompt_width, self.levels = prompt_width, levels
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_width < self.levels:
+            return F.log_softmax(scores, dim=-1)
+        return scores
 
 
 def generate_reference(
@@ -189,6 +204,9 @@ def generate_reference(
                 max_new_tokens=levels,
                 min_new_tokens=trie.levels,
                 prefix_allowed_tokens_fn=allowed,
+                logits_processor=LogitsProcessorList(
+                    [TrieRenormalise(width, trie.levels)] if space.item_softmax == "trie" else []
+                ),
                 do_sample=False,
                 length_penalty=0.0,
                 early_stopping=True,
