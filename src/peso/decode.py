@@ -2,10 +2,11 @@
 
 Scores are sums of log-softmax over the full vocabulary (as `generate` computes them), restricted at each
 step to the codes that continue a real item's ID, so no non-existent item can be emitted; with
-`model.item_softmax: trie`, each step's log-softmax is over those codes alone, as training normalised it. For prompted
-models, whose response ends with EOS, the score includes log p(EOS | ID), the last step `generate` takes. One forward pass
-per level, one token per beam: beams share their user's cached prompt through a tree mask instead of each
-holding a copy of it (users x beams x prompt length, copied again whenever beams reorder).
+`model.item_softmax: trie`, each step's log-softmax is over those codes alone, as training normalised it.
+For prompted models, whose response ends with EOS, the score includes log p(EOS | ID), the last step
+`generate` takes. One forward pass per level, one token per beam: beams share their user's cached prompt
+through a tree mask instead of each holding a copy of it (users x beams x prompt length, copied again
+whenever beams reorder).
 """
 
 from __future__ import annotations
@@ -52,10 +53,9 @@ def beam_search_batch(
         valid = trie.mask(depth, node.flatten()).view(n, width_b, size)
         if space.item_softmax == "trie":  # normalised over the valid codes, as the model was trained
             logp = F.log_softmax(logits[..., off : off + size].float().masked_fill(~valid, float("-inf")), -1)
-            logp = logp.masked_fill(~valid, float("-inf"))  # rows of dead beams: all -inf gives NaN
         else:
             logp = F.log_softmax(logits.float(), dim=-1)[..., off : off + size]
-            logp = logp.masked_fill(~valid, float("-inf"))
+        logp = logp.masked_fill(~valid, float("-inf"))  # (trie: a dead beam's all -inf row is NaN before)
         k = min(beam, width_b * size)
         scores, flat = (scores.unsqueeze(-1) + logp).view(n, -1).topk(k, dim=-1)  # (n, k)
         parent, code = flat // size, flat % size
@@ -120,7 +120,8 @@ def brute_force_scores(
     model: torch.nn.Module, prompt: list[int], space: TokenSpace, sid_codes: np.ndarray, chunk: int = 4096
 ) -> torch.Tensor:
     """Log-probability of every semantic ID for one prompt, by teacher forcing each full ID: the exact
-    ranking that beam search approximates under `model.item_softmax: vocab` (the vocabulary's softmax). The prompt runs once; its cache is copied per chunk of IDs."""
+    ranking that beam search approximates under `model.item_softmax: vocab` (the vocabulary's softmax).
+    The prompt runs once; its cache is copied per chunk of IDs."""
     model.eval()
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)
