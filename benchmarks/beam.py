@@ -75,6 +75,8 @@ def decode_splits(
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         live = load_version(Store.open(deploy(run, method, None, Path(tmp) / "store")), 1)
+        if block is None:  # the `frozen` entry's model is block 0's: decoded as block 0 was trained
+            live.space.item_softmax = cfg.model.item_softmax
         if block is not None:  # a run keeps the full state of the last block only; every block's adapter
             adapter = run / f"seed_{cfg.seeds[0]}" / method / f"block_{block}" / "adapter"
             set_peft_model_state_dict(live.model, load_file(adapter / "adapter_model.safetensors"))

@@ -155,7 +155,14 @@ CONFIG = {
     },
     "train": {"epochs": 2, "continual_epochs": 1, "batch_size": 64, "lr": 1e-2},
     "decode": {"beam": 12, "top_k": 10, "batch_size": 16},
-    "methods": ["sumlora-all", {"name": "peso", "lam": 100.0}, {"name": "peso-select", "lams": [0.0, 100.0]}],
+    "methods": [
+        "sumlora-all",
+        {"name": "peso", "lam": 100.0},
+        {"name": "peso-select", "lams": [0.0, 100.0]},
+        # blocks 1.. under the trie's softmax, block 0 (shared) under the vocabulary's; EWC's Fisher reads the
+        # previous block's pack, which must be renormalised as the current block's
+        {"name": "ewc", "label": "ewc-trie", "continual_item_softmax": "trie"},
+    ],
     "seeds": [0],
     "threads": 1,
 }

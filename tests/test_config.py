@@ -156,6 +156,8 @@ def test_unknown_section(tmp_path, data_dir):
         ("train.lr=fast", "train.lr"),
         ("model.dtype=float16", "model.dtype"),
         ("model.item_softmax=items", "model.item_softmax"),
+        ("train.continual_item_softmax=items", "train.continual_item_softmax"),
+        ("methods=[{name: peso, continual_item_softmax: items}]", "methods[0] (peso)"),
         ("threads=0", "threads"),
         ("decode.top_k=5", "decode.top_k"),
     ],

@@ -25,7 +25,7 @@ def rows(path: Path) -> dict:
     return {(r["method"], r["block"]): r for r in csv.DictReader(path.open())}
 
 
-@pytest.mark.parametrize("method", ["sumlora-all", "peso", "peso-select"])
+@pytest.mark.parametrize("method", ["sumlora-all", "peso", "peso-select", "ewc-trie"])
 def test_an_update_equals_the_same_block_of_peso_run(runs, tmp_path, method, capsys):
     store = deployed(runs, tmp_path, method)
     assert main(["update", str(store), str(runs / "block4.csv"), "--guard", "none"]) == 0
@@ -57,6 +57,37 @@ def test_a_trie_softmax_update_equals_the_same_block_of_peso_run(trie_runs, tmp_
     ours = (store / "versions" / "2" / "recommendations.csv").read_text()
     theirs = (trie_runs / "run5" / "seed_0" / method / "block_4" / "recommendations.csv").read_text()
     assert ours == theirs
+
+
+def test_a_version_decodes_under_the_softmax_its_block_trained_with(tmp_path):
+    """A method with `continual_item_softmax: trie` in a run whose block 0 is the vocabulary's: its deployed
+    version (block 1's state) ranks block 1's test users as `peso run` did, under the trie's softmax. On
+    these two-level IDs the vocabulary's ranks otherwise, and block 0's version keeps the vocabulary's."""
+    from peso.config import load_config
+    from peso.dataset import prepare
+    from peso.decode import recommend
+    from peso.inputs import encode
+    from peso.live import load_version
+    from tests.test_run_e2e import _as_text
+
+    run = tiny_run(tmp_path, [{"name": "single", "continual_item_softmax": "trie"}])
+    assert main(["deploy", str(run), "--method", "single", "--out", str(tmp_path / "store")]) == 0
+    live = load_version(Store(tmp_path / "store"), 1)
+    assert live.space.item_softmax == "trie"
+    cfg = load_config(run / "config.yaml")
+    prep = prepare(cfg)
+    enc = encode(prep.samples[1], live.space, "test")
+    saved = run / "seed_0" / "single" / "block_1" / "recommendations.csv"
+    theirs = [r["recommendations"] for r in csv.DictReader(saved.open())]
+
+    def lists() -> list[str]:
+        d = cfg.decode
+        ranked = recommend(live.model, enc.prompts, live.space, prep.tries[1], d.beam, d.top_k, d.batch_size)
+        return _as_text(prep, ranked)
+
+    assert lists() == theirs
+    live.space.item_softmax = "vocab"
+    assert lists() != theirs
 
 
 def test_new_items_get_ids_the_vocabulary_grows_and_old_ids_stay(runs, tmp_path):

@@ -129,6 +129,22 @@ def test_patience_stops_a_block_and_restores_the_best_epoch(tiny_lora, monkeypat
     assert train_module.train_block(model, data, valid, no_patience, seed=0).epochs == 5
 
 
+def _run_each(tmp_path, runs: dict[str, dict]) -> dict[str, list[dict]]:
+    """`peso run` of each config into tmp_path/name; each run's training.csv rows."""
+    logs = {}
+    for name, cfg in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["run", "--config", str(path), "--out", str(tmp_path / name)]) == 0
+        with (tmp_path / name / "training.csv").open() as f:
+            logs[name] = list(csv.DictReader(f))
+    return logs
+
+
+def _lists(run, method: str) -> str:
+    return (run / "seed_0" / method / "block_1" / "recommendations.csv").read_text()
+
+
 def test_a_method_s_own_continual_schedule_trains_as_the_run_wide_one(tmp_path):
     """`{name: peso, continual_lr_scale: 1, continual_epochs: 2}` in a run whose train section says 0.1 and 1
     epoch trains block 1 exactly as a run whose train section says 1 and 2: same epochs, losses and lists.
@@ -144,14 +160,9 @@ def test_a_method_s_own_continual_schedule_trains_as_the_run_wide_one(tmp_path):
             "train": {**base["train"], "continual_lr_scale": 1.0, "continual_epochs": 2},
         },
     }
-    logs, lists = {}, {}
-    for name, cfg in runs.items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        assert main(["run", "--config", str(path), "--out", str(tmp_path / name)]) == 0
-        with (tmp_path / name / "training.csv").open() as f:
-            logs[name] = [r for r in csv.DictReader(f) if r["block"] == "1"]
-        lists[name] = (tmp_path / name / "seed_0" / "p-own" / "block_1" / "recommendations.csv").read_text()
+    everything = _run_each(tmp_path, runs)
+    logs = {name: [r for r in log if r["block"] == "1"] for name, log in everything.items()}
+    lists = {name: _lists(tmp_path / name, "p-own") for name in runs}
     mine = [r for r in logs["own"] if r["method"] == "p-own"]
     assert len(mine) == 2 and mine == logs["wide"]  # every epoch's train CE, term and validation loss
     assert lists["own"] == lists["wide"]
@@ -171,3 +182,43 @@ def test_continual_patience_is_the_continual_blocks_own_and_a_method_s_overrides
     own = method_train(AdapterSettings(name="single", continual_patience=2), tc)
     assert Schedule.of(own, continual=False).patience == 3 and Schedule.of(own, continual=True).patience == 2
     assert method_train(AdapterSettings(name="single"), tc) == tc  # nothing of its own: the run-wide one
+
+
+def test_a_continual_item_softmax_trains_blocks_1_under_the_trie_and_leaves_block_0_alone(tmp_path):
+    """`continual_item_softmax: trie` on a method (in a run whose model.item_softmax is the vocabulary's)
+    trains block 1 exactly as `train.continual_item_softmax: trie` does run-wide: same epochs, losses and
+    lists. Block 0 is the vocabulary's in every run, and `single` beside it keeps the vocabulary's in
+    blocks 1..; against the vocabulary's block 1 the losses differ (the catalogue's softmax is another
+    objective)."""
+    data = write_data(tmp_path / "data")
+    base = {**BASE, "data": {"path": str(data)}}
+    peso = {"name": "peso", "lam": 10.0, "label": "p"}
+    runs = {
+        "own": {**base, "methods": [{**peso, "continual_item_softmax": "trie"}, "single"]},
+        "wide": {**base, "methods": [peso], "train": {**base["train"], "continual_item_softmax": "trie"}},
+        "vocab": {**base, "methods": [peso, "single"]},
+    }
+    logs = _run_each(tmp_path, runs)
+    lists = {
+        name: {
+            m: _lists(tmp_path / name, m)
+            for m in ("p", "single")
+            if (tmp_path / name / "seed_0" / m).is_dir()
+        }
+        for name in runs
+    }
+
+    def rows(name: str, method: str, block: str) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k != "seconds"}
+            for r in logs[name]
+            if (r["method"], r["block"]) == (method, block)
+        ]
+
+    assert rows("own", "block0", "0") == rows("wide", "block0", "0") == rows("vocab", "block0", "0") != []
+    assert rows("own", "p", "1") == rows("wide", "p", "1") != []
+    assert lists["own"]["p"] == lists["wide"]["p"]
+    assert rows("own", "single", "1") == rows("vocab", "single", "1") != []
+    assert lists["own"]["single"] == lists["vocab"]["single"]
+    mine, theirs = rows("own", "p", "1"), rows("vocab", "p", "1")
+    assert all(float(a["train_ce"]) != float(b["train_ce"]) for a, b in zip(mine, theirs, strict=True))

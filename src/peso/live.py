@@ -10,7 +10,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from peso.model import attach_lora, load_backbone, merged
 from peso.pack import Packed, pack
 from peso.params import ParamSets
 from peso.runfolder import CONFIG, read_csv, read_progress, read_unit, unit_dir, unit_name
-from peso.settings import method_train
+from peso.settings import item_softmax_at, method_train
 from peso.store import (
     CURRENT,
     FORMAT,
@@ -151,6 +151,9 @@ def load_version(store: Store, n: int, index: dict[str, list[str]] | None = None
     )
     params.snapshot("init", "block0")
     method = create(info["settings"], _context(cfg))
+    # decoded as the block that left it was trained (train.continual_item_softmax)
+    block = int(store.version(n)["block"])
+    space.item_softmax = item_softmax_at(cfg.model, method_train(method.settings, cfg.train), block)
     state = store.state(n)
     method.load_state(model, State(state.tensors, state.meta))
     load_params(dict(model.named_parameters()), state.params)
@@ -405,7 +408,8 @@ def update(
             f"no user has >= {cfg.data.min_items} items in the slice",
             "give a larger slice",
         )
-    space, model = live.space, live.model
+    tc = method_train(live.method.settings, cfg.train)
+    space, model = replace(live.space, item_softmax=item_softmax_at(cfg.model, tc, t)), live.model
     trie = live.trie(everything)
     train = pack(current, space, "train", share=cfg.train.packing, trie=trie)
     valid = pack(current, space, "valid", trie=trie)
@@ -415,12 +419,12 @@ def update(
     test_targets = sid[[current.target(u, current.test_position(u)) for u in range(len(current))]]
     valid_targets = sid[[current.target(u, current.valid_position(u)) for u in range(len(current))]]
 
-    def evaluate(label: str) -> tuple[np.ndarray, dict, dict]:
+    def evaluate(label: str, space: TokenSpace) -> tuple[np.ndarray, dict, dict]:
         ranked = evaluator.decode(model, space, test_enc, 0, f"{label} test")
         ranked_valid = evaluator.decode(model, space, valid_enc, 0, f"{label} validation")
         return ranked, _metrics(ranked, test_targets), _metrics(ranked_valid, valid_targets)
 
-    _, before, before_valid = evaluate("previous")
+    _, before, before_valid = evaluate("previous", live.space)  # as the previous version serves
     popular = Popular(Popular.Settings(name="popular"), _context(cfg))
     popular.start(seed, _catalogue(live.index, trie))
     popular.fit_block(0, current)
@@ -429,8 +433,7 @@ def update(
     set_rng_state(live.rng)  # as the last block left them
     prev_pack = pack(previous, space, "train", share=cfg.train.packing, trie=live.trie())
     label = info["method"]
-    earlier = lambda: _earlier(live, cfg)  # noqa: E731 (only retraining reads them)
-    tc = method_train(live.method.settings, cfg.train)
+    earlier = lambda: _earlier(live, cfg, space)  # noqa: E731 (only retraining reads them)
     block = Block(
         t,
         BlockData(train, prev_pack, cfg.train.batch_size),
@@ -441,7 +444,7 @@ def update(
         validation_loss(tc, valid),
     )
     report_train = live.method.run_block(model, block)
-    ranked, after, after_valid = evaluate("new")
+    ranked, after, after_valid = evaluate("new", space)
     rng = rng_state()
     state = live.method.state(model)
     passed = guard == "none" or after_valid["ndcg@10"] >= before_valid["ndcg@10"] - tolerance
@@ -499,10 +502,10 @@ def update(
     return report
 
 
-def _earlier(live: Loaded, cfg: RunConfig) -> list[Packed]:
+def _earlier(live: Loaded, cfg: RunConfig, space: TokenSpace) -> list[Packed]:
     blocks, trie = sorted(set(live.interactions["block"].to_list())), live.trie()
     return [
-        pack(_samples(live.interactions, b, cfg, live.index), live.space, "train", cfg.train.packing, trie)
+        pack(_samples(live.interactions, b, cfg, live.index), space, "train", cfg.train.packing, trie)
         for b in blocks
     ]
 

@@ -17,7 +17,7 @@ Prompted models put text after the history and EOS after the target, so each tar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -210,17 +210,29 @@ def _segment(space: TokenSpace, seq: np.ndarray, a: int, targets: list[int], in_
     return Segment(a64(ids), a64(pos), a64(hi), a64(branch), a64(labels), len(targets), a64(items))
 
 
+def item_softmax(space: TokenSpace, trie: Trie | None) -> TrieSoftmax | None:
+    """What a pack's item tokens are normalised over under `space.item_softmax`, with `trie` the block's
+    catalogue (None: the whole vocabulary)."""
+    if space.item_softmax == "vocab":
+        return None
+    if trie is None:
+        raise ValueError("item_softmax 'trie' packs need the block's trie")
+    return TrieSoftmax(trie, np.asarray(space.codes), space.level_offsets, space.level_sizes)
+
+
+def normalised(packed: Packed, space: TokenSpace, trie: Trie | None) -> Packed:
+    """`packed`'s segments under `space.item_softmax` (a block trained with another softmax than the pack's:
+    train.continual_item_softmax); segments record their target items either way."""
+    return replace(packed, softmax=item_softmax(space, trie))
+
+
 def pack(
     samples: BlockSamples, space: TokenSpace, split: str, share: bool = True, trie: Trie | None = None
 ) -> Packed:
     """The targets of a split ('train', 'valid', 'test') as segments; `share=False`: one per target. `trie`:
     the block's catalogue, which `model.item_softmax: trie` normalises item tokens over."""
     in_stream = not space.suffix and not space.separator and not space.append_eos
-    softmax = None
-    if space.item_softmax == "trie":
-        if trie is None:
-            raise ValueError("item_softmax 'trie' packs need the block's trie")
-        softmax = TrieSoftmax(trie, np.asarray(space.codes), space.level_offsets, space.level_sizes)
+    softmax = item_softmax(space, trie)
     W = samples.history
     segments = []
     if not share:

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -37,11 +37,11 @@ from peso.evaluate import Evaluator
 from peso.inputs import Encoded, TokenSpace, encode
 from peso.io import Replacement, atomic_dir, check_out, file_digests, mark, write_text
 from peso.model import attach_lora, item_rows, load_backbone, save_base
-from peso.pack import Packed, pack
+from peso.pack import Packed, normalised, pack
 from peso.params import ParamSets
 from peso.report import ResultsLog, Trained, console_table, plot
 from peso.runfolder import BLOCK0, Unit, unit_name
-from peso.settings import MethodSettings, method_train
+from peso.settings import MethodSettings, item_softmax_at, method_train
 from peso.strategies import (
     AdapterStrategy,
     Block,
@@ -357,6 +357,19 @@ class Run:
             self.store.rewrite(name, unit)
         console.print(f"  {name}: block 0 shared with {', '.join(new)}")
 
+    def _normalised(self, bb: Backbone, settings: MethodSettings) -> tuple[TokenSpace, list[Encodings]]:
+        """The space and block inputs of a method's blocks 1..: every loss of block t (its own, the previous
+        block's for a Fisher, the earlier ones for retraining) and its decoding under block t's softmax."""
+        softmax = item_softmax_at(self.cfg.model, method_train(settings, self.cfg.train), 1)
+        if softmax == bb.space.item_softmax:
+            return bb.space, bb.blocks
+        space = replace(bb.space, item_softmax=softmax)
+        encs = [
+            Encodings(normalised(e.train, space, trie), normalised(e.valid, space, trie), e.test)
+            for e, trie in zip(bb.blocks, self.prep.tries, strict=True)
+        ]
+        return space, encs
+
     def adapter(self, seed: int, m: AdapterStrategy, bb: Backbone) -> None:
         todo, last = self._resume_point(seed, m, self._later())
         if not todo:
@@ -367,7 +380,7 @@ class Run:
             m.load_state(bb.model, State(last.tensors, last.meta))
             bb.params.load(last.params)
             set_rng_state(rng)
-        encs = bb.blocks
+        space, encs = self._normalised(bb, m.settings)
         for t in todo:
             folder = self._folder(seed, m, t)
             previous = self._name(seed, m, t - 1) if t > 1 else None
@@ -378,9 +391,9 @@ class Run:
                 valid_loss = validation_loss(method_train(m.settings, self.cfg.train), encs[t].valid)
                 block = Block(t, data, encs[t].valid, earlier, train, bb.params, valid_loss)
                 report = m.run_block(bb.model, block)
-                nbytes = export_block(m.export, bb.model, bb.space, folder / "adapter") if report else 0
+                nbytes = export_block(m.export, bb.model, space, folder / "adapter") if report else 0
                 desc = f"seed {seed} block {t} {m.label} decode"
-                ranked = self.evaluator.decode(bb.model, bb.space, encs[t].test, t, desc)
+                ranked = self.evaluator.decode(bb.model, space, encs[t].test, t, desc)
                 self.record([m.label], seed, t, ranked, folder, _trained(report) if report else None, nbytes)
                 state = m.state(bb.model)
                 record.params, record.tensors, record.meta = (

@@ -116,6 +116,11 @@ class TrainConfig(_Section):
     full_block0: bool | None = Field(
         None, description="block 0 trains every weight with the adapter (default: on for tiny only)"
     )
+    continual_item_softmax: Literal["vocab", "trie"] | None = Field(
+        None,
+        description="model.item_softmax of blocks 1.. and of the states they leave (their training, validation"
+        " and decoding); block 0 keeps model.item_softmax (default: model.item_softmax throughout)",
+    )
 
 
 class DecodeConfig(_Section):
@@ -177,6 +182,10 @@ class AdapterSettings(MethodSettings):
         ge=1,
         description="early-stopping patience of this method's blocks 1.. (default: train.continual_patience)",
     )
+    continual_item_softmax: Literal["vocab", "trie"] | None = Field(
+        None,
+        description="the item softmax of this method's blocks 1.. (default: train.continual_item_softmax)",
+    )
 
     def train_config(self, tc: TrainConfig) -> TrainConfig:
         """`tc` with this method's continual schedule (what its blocks 1.. train with)."""
@@ -184,6 +193,7 @@ class AdapterSettings(MethodSettings):
             "continual_lr_scale": self.continual_lr_scale,
             "continual_epochs": self.continual_epochs,
             "continual_patience": self.continual_patience,
+            "continual_item_softmax": self.continual_item_softmax,
         }
         return tc.model_copy(update={k: v for k, v in update.items() if v is not None})
 
@@ -191,3 +201,9 @@ class AdapterSettings(MethodSettings):
 def method_train(settings: MethodSettings | None, tc: TrainConfig) -> TrainConfig:
     """What a method's blocks 1.. train with: `tc`, with the method's own continual schedule if it has one."""
     return settings.train_config(tc) if isinstance(settings, AdapterSettings) else tc
+
+
+def item_softmax_at(model: ModelConfig, tc: TrainConfig, t: int) -> str:
+    """The item softmax of block position t under `tc` (a method's, `method_train`): what its training and
+    validation normalise item tokens over, and what the state it leaves is decoded with."""
+    return model.item_softmax if t == 0 else tc.continual_item_softmax or model.item_softmax
