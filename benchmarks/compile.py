@@ -70,7 +70,7 @@ def main() -> None:
         for p in model.parameters():
             p.requires_grad_(True)  # block 0 of tiny trains every weight
         run = torch.compile(model, dynamic=True) if compiled else model
-        packed = pack(prep.samples[0], space, "train")
+        packed = pack(prep.samples[0], space, "train", trie=prep.tries[0])
         batches = plan_batches(packed.targets, packed.lengths, cfg.train.batch_size, np.random.default_rng(0))
         t0 = time.perf_counter()
         train_steps(run, packed, batches[: args.warmup], cfg.train.temperature)  # compiles

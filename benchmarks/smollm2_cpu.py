@@ -82,7 +82,7 @@ def main() -> None:
     backbone, space = load_backbone(cfg.model, prep.index)
     model = attach_lora(backbone, cfg.model, space)
     load_s = time.perf_counter() - t
-    packed = pack(samples, space, "train")
+    packed = pack(samples, space, "train", trie=prep.tries[0])
     batches = plan_batches(packed.targets, packed.lengths, args.batch_size, np.random.default_rng(0))
     n = args.warmup + args.steps
     if len(batches) < n:

@@ -2,7 +2,9 @@
 
 Three ways to train the same targets: `usual` (one example per target, random batches padded to their
 longest, logits over the vocabulary at every position: how the anchors train), `per_example` (the same
-examples grouped by length, logits only where a target is predicted) and `packed` (`peso.pack`).
+examples grouped by length, logits only where a target is predicted) and `packed` (`peso.pack`). Under
+`--set model.item_softmax=trie` the last two normalise over the trie (its cost is in their figures);
+`usual` stays the vocabulary's softmax, as the anchors train.
 
 Times `--steps` optimizer steps (forward, backward, AdamW) of each mode on one block of a run config (the
 CDs release by default), after `--warmup` untimed steps. Reports training targets per second, tokens per
@@ -129,8 +131,8 @@ def main() -> None:
     init = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     modes = {
-        "per_example": pack(samples, space, "train", share=False),
-        "packed": pack(samples, space, "train"),
+        "per_example": pack(samples, space, "train", share=False, trie=prep.tries[args.block]),
+        "packed": pack(samples, space, "train", trie=prep.tries[args.block]),
     }
     # usual: random batches padded to their longest, logits everywhere (as the anchors train);
     # per_example: the same examples grouped by length, logits only where a target is predicted
