@@ -33,9 +33,11 @@ from combine_runs import combine
 
 from peso.compare import compare_methods
 from peso.config import RunConfig
+from peso.errors import PesoError
 from peso.io import write_text
 from peso.report import continual_means, plot
 from peso.runfolder import CONFIG, RESULTS, TRAINING, read_csv
+from peso.settings import item_softmax_at
 
 SCHEDULE = ("continual_lr_scale", "continual_epochs", "continual_patience")
 
@@ -67,6 +69,7 @@ def families(runs: list[Path]) -> dict[str, dict[str, dict]]:
             tc = m.train_config(cfg.train)
             sched = {"lr_scale": tc.continual_lr_scale, "epochs": tc.continual_epochs or tc.epochs}
             sched["patience"] = tc.continual_patience or tc.patience
+            sched["item_softmax"] = item_softmax_at(cfg.model, cfg.train, m, 1)  # what the losses are of
             out.setdefault(m.key.split("@")[0], {})[m.key] = sched
     return out
 
@@ -107,6 +110,11 @@ def choose(
     means = continual_means(rows)
     chosen = {}
     for fam, labels in fams.items():
+        softmaxes = sorted({str(s.get("item_softmax")) for s in labels.values()})
+        if len(softmaxes) > 1:  # a loss normalised over the trie is lower by construction
+            raise PesoError(
+                "runs", f"{fam}'s schedules ran under item softmaxes {softmaxes}", "choose within one softmax"
+            )
         have = [lab for lab in labels if lab in losses and lab in means]
         if have:
             chosen[fam] = min(have, key=lambda lab: losses[lab])

@@ -61,8 +61,8 @@ def test_a_trie_softmax_update_equals_the_same_block_of_peso_run(trie_runs, tmp_
 
 def test_a_version_decodes_under_the_softmax_its_block_trained_with(tmp_path):
     """A method with `continual_item_softmax: trie` in a run whose block 0 is the vocabulary's: its deployed
-    version (block 1's state) ranks block 1's test users as `peso run` did, under the trie's softmax. On
-    these two-level IDs the vocabulary's ranks otherwise, and block 0's version keeps the vocabulary's."""
+    version (block 1's state) ranks block 1's test users as `peso run` did, under the trie's softmax (on
+    these two-level IDs the vocabulary's ranks otherwise), and its export says so in trie.json."""
     from peso.config import load_config
     from peso.dataset import prepare
     from peso.decode import recommend
@@ -88,6 +88,8 @@ def test_a_version_decodes_under_the_softmax_its_block_trained_with(tmp_path):
     assert lists() == theirs
     live.space.item_softmax = "vocab"
     assert lists() != theirs
+    assert main(["export-model", str(tmp_path / "store"), "--out", str(tmp_path / "export")]) == 0
+    assert json.loads((tmp_path / "export" / "trie.json").read_text())["item_softmax"] == "trie"
 
 
 def test_new_items_get_ids_the_vocabulary_grows_and_old_ids_stay(runs, tmp_path):

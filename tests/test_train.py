@@ -8,6 +8,7 @@ import csv
 import json
 import re
 
+import pytest
 import yaml
 
 from peso.cli import main
@@ -187,38 +188,56 @@ def test_continual_patience_is_the_continual_blocks_own_and_a_method_s_overrides
 def test_a_continual_item_softmax_trains_blocks_1_under_the_trie_and_leaves_block_0_alone(tmp_path):
     """`continual_item_softmax: trie` on a method (in a run whose model.item_softmax is the vocabulary's)
     trains block 1 exactly as `train.continual_item_softmax: trie` does run-wide: same epochs, losses and
-    lists. Block 0 is the vocabulary's in every run, and `single` beside it keeps the vocabulary's in
-    blocks 1..; against the vocabulary's block 1 the losses differ (the catalogue's softmax is another
-    objective)."""
+    lists. Block 0 is the vocabulary's in every run; `single` beside it keeps the vocabulary's in blocks 1..,
+    and `frozen` (no continual schedule: block 0's model) is decoded as block 0 was trained, even run-wide.
+    The block's validation loss is the trie's: the saved model, reloaded through PEFT, gives the logged figure
+    on block 1's validation targets under the trie, and another under the vocabulary."""
+    from peso.pack import pack
+    from peso.settings import method_train
+    from peso.train import validation_loss
+    from tests.test_run_e2e import _reload
+
     data = write_data(tmp_path / "data")
     base = {**BASE, "data": {"path": str(data)}}
     peso = {"name": "peso", "lam": 10.0, "label": "p"}
     runs = {
-        "own": {**base, "methods": [{**peso, "continual_item_softmax": "trie"}, "single"]},
-        "wide": {**base, "methods": [peso], "train": {**base["train"], "continual_item_softmax": "trie"}},
-        "vocab": {**base, "methods": [peso, "single"]},
+        "own": {**base, "methods": [{**peso, "continual_item_softmax": "trie"}, "single", "frozen"]},
+        "wide": {
+            **base,
+            "methods": [peso, "frozen"],
+            "train": {**base["train"], "continual_item_softmax": "trie"},
+        },
+        "vocab": {**base, "methods": [peso, "single", "frozen"]},
     }
     logs = _run_each(tmp_path, runs)
     lists = {
         name: {
             m: _lists(tmp_path / name, m)
-            for m in ("p", "single")
+            for m in ("p", "single", "frozen")
             if (tmp_path / name / "seed_0" / m).is_dir()
         }
         for name in runs
     }
 
     def rows(name: str, method: str, block: str) -> list[dict]:
-        return [
-            {k: v for k, v in r.items() if k != "seconds"}
-            for r in logs[name]
-            if (r["method"], r["block"]) == (method, block)
-        ]
+        return [r for r in logs[name] if (r["method"], r["block"]) == (method, block)]
 
     assert rows("own", "block0", "0") == rows("wide", "block0", "0") == rows("vocab", "block0", "0") != []
     assert rows("own", "p", "1") == rows("wide", "p", "1") != []
     assert lists["own"]["p"] == lists["wide"]["p"]
     assert rows("own", "single", "1") == rows("vocab", "single", "1") != []
     assert lists["own"]["single"] == lists["vocab"]["single"]
+    assert lists["own"]["frozen"] == lists["wide"]["frozen"] == lists["vocab"]["frozen"]
     mine, theirs = rows("own", "p", "1"), rows("vocab", "p", "1")
     assert all(float(a["train_ce"]) != float(b["train_ce"]) for a, b in zip(mine, theirs, strict=True))
+
+    cfg, prep, space, model = _reload(tmp_path / "own.yaml", tmp_path / "own", "p/block_1/adapter")
+    tc = method_train(cfg.methods[0], cfg.train)
+    logged = float(next((r for r in mine if r["best"] == "1"), mine[-1])["valid_loss"])
+    losses = {}
+    for softmax in ("trie", "vocab"):
+        space.item_softmax = softmax
+        valid = pack(prep.samples[1], space, "valid", trie=prep.tries[1])
+        losses[softmax] = validation_loss(tc, valid)(model)
+    assert losses["trie"] == pytest.approx(logged, rel=1e-5)
+    assert losses["vocab"] > logged + 0.01

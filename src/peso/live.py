@@ -153,7 +153,7 @@ def load_version(store: Store, n: int, index: dict[str, list[str]] | None = None
     method = create(info["settings"], _context(cfg))
     # decoded as the block that left it was trained (train.continual_item_softmax)
     block = int(store.version(n)["block"])
-    space.item_softmax = item_softmax_at(cfg.model, method_train(method.settings, cfg.train), block)
+    space.item_softmax = item_softmax_at(cfg.model, cfg.train, method.settings, block)
     state = store.state(n)
     method.load_state(model, State(state.tensors, state.meta))
     load_params(dict(model.named_parameters()), state.params)
@@ -409,7 +409,10 @@ def update(
             "give a larger slice",
         )
     tc = method_train(live.method.settings, cfg.train)
-    space, model = replace(live.space, item_softmax=item_softmax_at(cfg.model, tc, t)), live.model
+    space, model = (
+        replace(live.space, item_softmax=item_softmax_at(cfg.model, cfg.train, live.method.settings, t)),
+        live.model,
+    )
     trie = live.trie(everything)
     train = pack(current, space, "train", share=cfg.train.packing, trie=trie)
     valid = pack(current, space, "valid", trie=trie)

@@ -360,7 +360,7 @@ class Run:
     def _normalised(self, bb: Backbone, settings: MethodSettings) -> tuple[TokenSpace, list[Encodings]]:
         """The space and block inputs of a method's blocks 1..: every loss of block t (its own, the previous
         block's for a Fisher, the earlier ones for retraining) and its decoding under block t's softmax."""
-        softmax = item_softmax_at(self.cfg.model, method_train(settings, self.cfg.train), 1)
+        softmax = item_softmax_at(self.cfg.model, self.cfg.train, settings, 1)
         if softmax == bb.space.item_softmax:
             return bb.space, bb.blocks
         space = replace(bb.space, item_softmax=softmax)

@@ -203,7 +203,10 @@ def method_train(settings: MethodSettings | None, tc: TrainConfig) -> TrainConfi
     return settings.train_config(tc) if isinstance(settings, AdapterSettings) else tc
 
 
-def item_softmax_at(model: ModelConfig, tc: TrainConfig, t: int) -> str:
-    """The item softmax of block position t under `tc` (a method's, `method_train`): what its training and
-    validation normalise item tokens over, and what the state it leaves is decoded with."""
-    return model.item_softmax if t == 0 else tc.continual_item_softmax or model.item_softmax
+def item_softmax_at(model: ModelConfig, tc: TrainConfig, settings: MethodSettings | None, t: int) -> str:
+    """What a method's block position t normalises item tokens over (training, validation) and decodes the
+    state it leaves with. The continual softmax belongs to a continual schedule: block 0, and methods with
+    none (`frozen`, which keeps block 0's model; `retrain`, which trains as block 0), keep block 0's."""
+    if t == 0 or not isinstance(settings, AdapterSettings):
+        return model.item_softmax
+    return method_train(settings, tc).continual_item_softmax or model.item_softmax

@@ -86,3 +86,34 @@ def test_a_folder_that_is_not_a_run_gets_exit_2_and_nothing_written(tmp_path, mo
     monkeypatch.setattr(sys, "argv", ["schedule.py", "choose", str(tmp_path / "nope"), "--json", str(out)])
     assert schedule.main() == 2
     assert "no config.yaml" in capsys.readouterr().err and not out.exists()
+
+
+def test_schedules_under_different_item_softmaxes_are_not_chosen_between(tmp_path, monkeypatch):
+    # a loss normalised over the trie is lower by construction: comparing it with the vocabulary's is no choice
+    import yaml
+
+    from peso.errors import PesoError
+
+    methods = [
+        {"name": "single", "label": "single@1", "continual_lr_scale": 1.0},
+        {
+            "name": "single",
+            "label": "single@1-trie",
+            "continual_lr_scale": 1.0,
+            "continual_item_softmax": "trie",
+        },
+    ]
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"data": {"path": str(tmp_path)}, "methods": methods})
+    )
+    fams = schedule.families([tmp_path])
+    assert {k: v["item_softmax"] for k, v in fams["single"].items()} == {
+        "single@1": "vocab",
+        "single@1-trie": "trie",
+    }
+    monkeypatch.setattr(schedule, "combine", lambda runs: ([], {}, {}))
+    monkeypatch.setattr(
+        schedule, "validation_losses", lambda runs, seeds, first: {"single@1": 2.0, "single@1-trie": 1.0}
+    )
+    with pytest.raises(PesoError, match="single's schedules ran under item softmaxes"):
+        schedule.choose([tmp_path], [])
