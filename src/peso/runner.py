@@ -358,8 +358,8 @@ class Run:
         console.print(f"  {name}: block 0 shared with {', '.join(new)}")
 
     def _normalised(self, bb: Backbone, settings: MethodSettings) -> tuple[TokenSpace, list[Encodings]]:
-        """The space and block inputs of a method's blocks 1..: every loss of block t (its own, the previous
-        block's for a Fisher, the earlier ones for retraining) and its decoding under block t's softmax."""
+        """The space and block inputs of a method's blocks 1..: every loss of block t (its own, its validation,
+        the previous block's for a Fisher) and its decoding under block t's softmax (`item_softmax_at`)."""
         softmax = item_softmax_at(self.cfg.model, self.cfg.train, settings, 1)
         if softmax == bb.space.item_softmax:
             return bb.space, bb.blocks

@@ -119,7 +119,7 @@ class TrainConfig(_Section):
     continual_item_softmax: Literal["vocab", "trie"] | None = Field(
         None,
         description="model.item_softmax of blocks 1.. and of the states they leave (their training, validation"
-        " and decoding); block 0 keeps model.item_softmax (default: model.item_softmax throughout)",
+        " and decoding); block 0, frozen and retrain keep model.item_softmax (default: it throughout)",
     )
 
 
