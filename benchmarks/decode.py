@@ -79,7 +79,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(Path(args.config), [])
+    # the vocabulary's softmax whatever the config says: the exhaustive recall (brute_force_scores) is its
+    # ranking; under model.item_softmax: trie beam search renormalises each level, which it does not score
+    cfg = load_config(Path(args.config), ["model.item_softmax=vocab"])
     prep = prepare(cfg)
     samples, trie = prep.samples[args.block], prep.tries[args.block]
     torch.manual_seed(0)
