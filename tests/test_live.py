@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from peso.cli import main
 from peso.store import Store
@@ -33,6 +34,15 @@ def test_an_update_equals_the_same_block_of_peso_run(runs, tmp_path, method, cap
     ours = (version / "recommendations.csv").read_text()
     theirs = (runs / "run5" / "seed_0" / method / "block_4" / "recommendations.csv").read_text()
     assert ours == theirs
+    # the version's adapter folder carries the item rows `peso run` exports, and their softmax
+    rows_file = "adapter/item_rows.safetensors"
+    with (
+        safe_open(version / rows_file, "pt") as a,
+        safe_open(runs / "run5/seed_0" / method / "block_4" / rows_file, "pt") as b,
+    ):
+        assert a.metadata() == b.metadata() == {"item_softmax": "trie" if method == "ewc-trie" else "vocab"}
+        assert set(a.keys()) == set(b.keys()) == {"token_ids", "embed_tokens", "lm_head"}
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
     report = json.loads((version / "report.json").read_text())
     row = rows(runs / "run5" / "results.csv")[(method, "4")]
     for m in ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"):

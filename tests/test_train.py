@@ -192,6 +192,8 @@ def test_a_continual_item_softmax_trains_blocks_1_under_the_trie_and_leaves_bloc
     and `frozen` (no continual schedule: block 0's model) is decoded as block 0 was trained, even run-wide.
     The block's validation loss is the trie's: the saved model, reloaded through PEFT, gives the logged figure
     on block 1's validation targets under the trie, and another under the vocabulary."""
+    from safetensors import safe_open
+
     from peso.pack import pack
     from peso.settings import method_train
     from peso.train import validation_loss
@@ -241,3 +243,10 @@ def test_a_continual_item_softmax_trains_blocks_1_under_the_trie_and_leaves_bloc
         losses[softmax] = validation_loss(tc, valid)(model)
     assert losses["trie"] == pytest.approx(logged, rel=1e-5)
     assert losses["vocab"] > logged + 0.01
+
+    def recorded(adapter: str) -> str:  # the exported rows name the softmax their block trained under
+        with safe_open(tmp_path / "own" / "seed_0" / adapter / "item_rows.safetensors", "pt") as f:
+            return f.metadata()["item_softmax"]
+
+    assert recorded("p/block_1/adapter") == "trie"
+    assert recorded("single/block_1/adapter") == recorded("block_0/adapter") == "vocab"

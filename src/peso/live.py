@@ -33,7 +33,7 @@ from peso.evaluate import Evaluator
 from peso.inputs import TokenSpace, encode
 from peso.io import atomic_dir, check_out, write_text
 from peso.metrics import METRICS, per_user
-from peso.model import attach_lora, load_backbone, merged
+from peso.model import attach_lora, load_backbone, merged, save_item_rows
 from peso.pack import Packed, pack
 from peso.params import ParamSets
 from peso.runfolder import CONFIG, read_csv, read_progress, read_unit, unit_dir, unit_name
@@ -480,6 +480,7 @@ def update(
         if report_train is not None:
             (tmp / "adapter").mkdir()
             live.method.export(model, tmp / "adapter")
+            save_item_rows(model, space, tmp / "adapter" / "item_rows.safetensors")  # as `peso run` exports
         evaluator.save(ranked, 0, tmp)
         version = {
             "version": number,

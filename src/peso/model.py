@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from peso.errors import PesoError
@@ -253,6 +254,11 @@ def item_rows(model: torch.nn.Module, space: TokenSpace) -> dict[str, torch.Tens
         "embed_tokens": weight(model.get_input_embeddings())[ids].detach().contiguous(),
         "lm_head": weight(model.get_output_embeddings())[ids].detach().contiguous(),
     }
+
+
+def save_item_rows(model: torch.nn.Module, space: TokenSpace, path: Path) -> None:
+    """`item_rows` as safetensors; the metadata names the item softmax they rank under (`space.item_softmax`)."""
+    save_file(item_rows(model, space), str(path), metadata={"item_softmax": space.item_softmax})
 
 
 def base_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:

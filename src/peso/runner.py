@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import yaml
 from rich.console import Console
-from safetensors.torch import save_file
 
 from peso import dist
 from peso.config import RunConfig, with_added_methods
@@ -36,7 +35,7 @@ from peso.dataset import Prepared, prepare
 from peso.evaluate import Evaluator
 from peso.inputs import Encoded, TokenSpace, encode
 from peso.io import Replacement, atomic_dir, check_out, file_digests, mark, write_text
-from peso.model import attach_lora, item_rows, load_backbone, save_base
+from peso.model import attach_lora, load_backbone, save_base, save_item_rows
 from peso.pack import Packed, normalised, pack
 from peso.params import ParamSets
 from peso.report import ResultsLog, Trained, console_table, plot
@@ -117,10 +116,11 @@ def manifest(cfg: RunConfig, prep: Prepared, argv: list[str]) -> dict:
 
 
 def export_block(strategy_export, model, space: TokenSpace, out_dir: Path) -> int:
-    """The adapter in PEFT's format plus the item rows alone (safetensors), as one atomic folder."""
+    """The adapter in PEFT's format plus the item rows alone (safetensors), as one atomic folder. The rows'
+    metadata names the item softmax the block trained and decodes under (`item_softmax_at`)."""
     with atomic_dir(out_dir) as tmp:
         nbytes = strategy_export(model, tmp)
-        save_file(item_rows(model, space), str(tmp / "item_rows.safetensors"))
+        save_item_rows(model, space, tmp / "item_rows.safetensors")
     return nbytes
 
 
