@@ -40,6 +40,9 @@ from peso.io import write_text
 from peso.live import deploy, load_version
 from peso.metrics import per_user
 from peso.store import Store
+from peso.strategies.base import State
+
+PEFT_AND_ROWS = ("adapter_model.safetensors", "item_rows.safetensors")  # what every adapter folder has
 
 
 def decode_splits(
@@ -80,6 +83,14 @@ def decode_splits(
         if block is not None:  # a run keeps the full state of the last block only; every block's adapter
             adapter = run / f"seed_{cfg.seeds[0]}" / method / f"block_{block}" / "adapter"
             set_peft_model_state_dict(live.model, load_file(adapter / "adapter_model.safetensors"))
+            # a method's own tensors beside it (SumLoRA's and SD-LoRA's past adapters, LSAT's long-term one)
+            # are its state's tensors at that block; the rest of the state (flags) is the last block's
+            own = sorted(set(adapter.glob("*.safetensors")) - {adapter / f for f in PEFT_AND_ROWS})
+            if own:
+                meta = live.store.state(live.number).meta
+                live.method.load_state(
+                    live.model, State({k: v for f in own for k, v in load_file(f).items()}, meta)
+                )
         _check(run, cfg, prep, live, at, method)  # whatever beams and users are asked for
         for split in splits:
             enc = encode(samples, live.space, split)

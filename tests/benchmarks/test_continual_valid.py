@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from peso.cli import main
 from peso.errors import PesoError
-from tests.conftest import tiny_run
+from tests.conftest import CONFIG, tiny_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import continual_valid  # noqa: E402
@@ -79,3 +81,24 @@ def test_block0_compares_frozen_entries_on_block0_validation(tmp_path, monkeypat
     (iv,) = got["vs_chosen"].values()
     assert iv == {"mean": 0.0, "low": 0.0, "high": 0.0}
     assert set(json.loads((cache / "run-a-b0.json").read_text())["beams"]["10"]) == {"valid"}
+
+
+def test_methods_with_their_own_tensors_are_decoded_with_them_at_every_block(runs, tmp_path, monkeypatch):
+    """SumLoRA's past adapters and LSAT's long-term adapter live beside the PEFT adapter of each block's
+    folder. A block before the last is decoded with that block's (the run keeps the last block's state only):
+    every block gives the run folder's lists (beam.py's check) and figures."""
+    config = tmp_path / "lsat.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "methods": ["lsat"]}))
+    lsat = tmp_path / "lsat"
+    assert main(["run", "--config", str(config), "--out", str(lsat), "--set", "data.blocks=[0,1,2]"]) == 0
+    for run, method in ((runs / "run4", "sumlora-all"), (lsat, "lsat")):
+        out = tmp_path / f"{method}.json"
+        argv = ["continual_valid.py", f"{run}:{method}", "--beam", "10", "--cache", str(tmp_path / method)]
+        monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])
+        continual_valid.main()
+        (row,) = json.loads(out.read_text())["rows"]
+        results = {(r["method"], r["block"]): r for r in csv.DictReader((run / "results.csv").open())}
+        blocks = sorted(int(b) for m, b in results if m == method and b != "0")
+        assert len(blocks) >= 2 and len(row["test"]) == len(blocks)
+        want = [float(results[(method, str(b))]["ndcg@10"]) for b in blocks]
+        assert row["test"] == pytest.approx(want, abs=1e-6)
