@@ -84,14 +84,14 @@ def test_block0_compares_frozen_entries_on_block0_validation(tmp_path, monkeypat
 
 
 def test_methods_with_their_own_tensors_are_decoded_with_them_at_every_block(runs, tmp_path, monkeypatch):
-    """SumLoRA's past adapters and LSAT's long-term adapter live beside the PEFT adapter of each block's
-    folder. A block before the last is decoded with that block's (the run keeps the last block's state only):
-    every block gives the run folder's lists (beam.py's check) and figures."""
+    """SumLoRA's past adapters, LSAT's long-term adapter and peso-all's anchors live beside the PEFT adapter of
+    each block's folder. A block before the last is decoded with that block's (the run keeps the last block's
+    state only): every block gives the run folder's lists (beam.py's check) and figures."""
     config = tmp_path / "lsat.yaml"
-    config.write_text(yaml.safe_dump({**CONFIG, "methods": ["lsat"]}))
+    config.write_text(yaml.safe_dump({**CONFIG, "methods": ["lsat", "peso-all"]}))
     lsat = tmp_path / "lsat"
     assert main(["run", "--config", str(config), "--out", str(lsat), "--set", "data.blocks=[0,1,2]"]) == 0
-    for run, method in ((runs / "run4", "sumlora-all"), (lsat, "lsat")):
+    for run, method in ((runs / "run4", "sumlora-all"), (lsat, "lsat"), (lsat, "peso-all")):
         out = tmp_path / f"{method}.json"
         argv = ["continual_valid.py", f"{run}:{method}", "--beam", "10", "--cache", str(tmp_path / method)]
         monkeypatch.setattr(sys, "argv", [*argv, "--json", str(out)])

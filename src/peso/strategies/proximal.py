@@ -267,9 +267,11 @@ class PesoAll(Peso):
         return State(self._past_tensors(), {"block_starts": len(self.past_weights)})
 
     def load_state(self, model: torch.nn.Module, state: State) -> None:
+        # the count from the tensors themselves, so a block's export (past_anchors.safetensors) loads alone
+        starts = len({k.split(".", 1)[0] for k in state.tensors if k.startswith("block_start_")})
         self.past_weights = [
             {k.split(".", 1)[1]: v for k, v in state.tensors.items() if k.startswith(f"block_start_{i + 1}.")}
-            for i in range(state.meta["block_starts"])
+            for i in range(starts)
         ]
         self.past = [
             {
