@@ -7,7 +7,8 @@ The model is the run's `frozen` state (block 0's model, unchanged; `--method LAB
 label), loaded through `peso deploy` into a temporary store, as the live path loads it. `--block N --method
 LABEL` decodes block N's targets with that method's model after block N instead (a validation figure for the
 continual blocks): its last state with block N's exported adapter (PEFT's LoRA and item-row deltas) loaded
-over it. That rebuild is exact for a method whose model is one LoRA. Either way the model must give the run's
+over it, and the method's own tensors exported beside it (past adapters, LSAT's long-term adapter) as its
+state at block N. Either way the model must give the run's
 own top-10 lists for the first batch of test users the run decoded, or the script stops. Runs on one thread.
 
     python benchmarks/beam.py runs/sports-base --method single --block 2 --beams 50
@@ -158,7 +159,7 @@ def _check(run: Path, cfg: RunConfig, prep, live, at: int, method: str) -> None:
         fix = (
             f"decode where the run ran (its manifest: {info.get('cpu_capability')}; here: {here})"
             if info.get("cpu_capability") != here or "peak_gpu_mb" in info  # other kernels, other floats
-            else "use a method whose model is one LoRA"
+            else f"check that block {number}'s adapter folder holds every file the method exported"
             if at
             else f"check that {run} is the run folder this model came from"
         )

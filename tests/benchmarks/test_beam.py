@@ -49,13 +49,19 @@ def test_a_continual_block_decoded_with_the_state_after_it_gives_the_runs_figure
 
 
 @pytest.mark.parametrize("beams, users", [(None, None), ([5], 3)])
-def test_a_model_the_export_cannot_rebuild_is_refused(runs, beams, users):
-    # sumlora-all sums past adapters into its model; block 2's export holds only that block's own LoRA.
-    # The check decodes the run's own first batch, so another beam or fewer users do not skip it.
+def test_a_model_the_export_cannot_rebuild_is_refused(runs, tmp_path, beams, users):
+    # sumlora-all sums past adapters into its model; without block 2's past_adapters.safetensors its export
+    # holds only that block's own LoRA. The check decodes the run's own first batch, so another beam or
+    # fewer users do not skip it. (With the file, every block decodes: tests/benchmarks/test_continual_valid.py.)
+    import shutil
+
+    copy = tmp_path / "run4"
+    shutil.copytree(runs / "run4", copy)
+    (copy / "seed_0" / "sumlora-all" / "block_2" / "adapter" / "past_adapters.safetensors").unlink()
     with pytest.raises(
         PesoError, match=r"sumlora-all's model after block 2 is not the one the run evaluated"
     ):
-        beam.decode_splits(runs / "run4", beams, users, method="sumlora-all", block=2, splits=("test",))
+        beam.decode_splits(copy, beams, users, method="sumlora-all", block=2, splits=("test",))
 
 
 def test_the_check_compares_lists_with_the_runs(runs, tmp_path):
