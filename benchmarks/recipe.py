@@ -34,6 +34,37 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "h64-lr1e-2": (["train.epochs=30", "train.lr=1.0e-2"], "lr 1e-2"),
     "h128": (["train.epochs=20", "model.tiny.hidden=128", "model.tiny.intermediate=512"], "hidden 128"),
     "h256": (["train.epochs=8", "model.tiny.hidden=256", "model.tiny.intermediate=1024"], "hidden 256"),
+    "h256-e12": (
+        ["train.epochs=12", "model.tiny.hidden=256", "model.tiny.intermediate=1024"],
+        "hidden 256, a 12-epoch cap (fits 60 min where block 0 converges in ~10 epochs, as under the trie)",
+    ),
+    "h128-lr1e-3": (
+        ["train.epochs=20", "model.tiny.hidden=128", "model.tiny.intermediate=512", "train.lr=1.0e-3"],
+        "hidden 128 at lr 1e-3 (at 3e-3 the wider models sit on the loss plateau)",
+    ),
+    "h256-e12-lr1e-3": (
+        ["train.epochs=12", "model.tiny.hidden=256", "model.tiny.intermediate=1024", "train.lr=1.0e-3"],
+        "hidden 256 at lr 1e-3, a 12-epoch cap",
+    ),
+    "h256-e12-lr3e-4": (
+        ["train.epochs=12", "model.tiny.hidden=256", "model.tiny.intermediate=1024", "train.lr=3.0e-4"],
+        "hidden 256 at lr 3e-4, a 12-epoch cap",
+    ),
+    "h128-lr1e-3-drop0.5": (
+        [
+            "train.epochs=20",
+            "model.tiny.hidden=128",
+            "model.tiny.intermediate=512",
+            "train.lr=1.0e-3",
+            "model.tiny.dropout=0.5",
+        ],
+        "hidden 128 at lr 1e-3, attention dropout 0.5",
+    ),
+    "h64-drop0.5": (["train.epochs=30", "model.tiny.dropout=0.5"], "attention dropout 0.5"),
+    "h64-wd0.1": (
+        ["train.epochs=30", "train.weight_decay=0.1"],
+        "AdamW weight decay 0.1 (the configs': 0.01)",
+    ),
     "h64-l4": (["train.epochs=20", "model.tiny.layers=4"], "4 layers"),
     "h64-hist50": (["train.epochs=30", "data.history=50"], "history 50"),
     "h64-drop0.1": (["train.epochs=30", "model.tiny.dropout=0.1"], "attention dropout 0.1"),
