@@ -264,7 +264,7 @@ class PesoAll(Peso):
         self.past_weights = [weights] if block == 1 else [*self.past_weights, weights]
 
     def state(self, model: torch.nn.Module) -> State:
-        return State(self._past_tensors(), {"block_starts": len(self.past_weights)})
+        return State(self._past_tensors())  # the count is the tensors' own (load_state)
 
     def load_state(self, model: torch.nn.Module, state: State) -> None:
         # the count from the tensors themselves, so a block's export (past_anchors.safetensors) loads alone
