@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from peso.compare import paired_bootstrap
 from peso.io import write_text
 from peso.runfolder import read_units
@@ -135,7 +137,10 @@ def block0(folder: Path, method: str) -> dict:
     """One method's block-0 figures and learning curve from a run folder."""
     rows, log, per_user = read_units(folder)
     row = next(r for r in rows if r["method"] == method and int(r["block"]) == 0)
-    label = "block0" if method == "frozen" else method
+    # a `frozen` entry (under any label) is the LLM's shared block 0, logged as "block0"
+    entries = yaml.safe_load((folder / "config.yaml").read_text())["methods"]
+    frozen = {"frozen"} | {e["label"] for e in entries if isinstance(e, dict) and e.get("name") == "frozen"}
+    label = "block0" if method in frozen else method
     mine = [r for r in log if r["method"] == label and int(r["block"]) == 0]
     curve = [float(r["valid_loss"]) for r in mine]
     return {
@@ -143,7 +148,7 @@ def block0(folder: Path, method: str) -> dict:
         "curve": curve,
         "train_curve": [float(r["train_ce"]) for r in mine],
         "epochs": len(curve),
-        "best_epoch": int(row["best_epoch"]),
+        "best_epoch": int(row["best_epoch"]) if row["best_epoch"] else None,  # fixed-epoch methods: none
         "hit@10": float(row["hit@10"]),
         "ndcg@10": float(row["ndcg@10"]),
         "train_seconds": float(row["train_seconds"]),
@@ -202,6 +207,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(SETTINGS), help="these settings (default: all)")
     ap.add_argument("--no-run", action="store_true", help="only read the folders that exist")
     ap.add_argument("--refs", nargs="*", type=Path, default=[], help="run folders of sasrec/lightgcn")
+    ap.add_argument(
+        "--ref-methods",
+        nargs="+",
+        help="only these methods of the --refs folders (default: every method with a block-0 row)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     ap.add_argument(
@@ -230,7 +240,8 @@ def main() -> None:
     for ref in args.refs:
         rows, _, _ = read_units(ref)
         for method in dict.fromkeys(r["method"] for r in rows if int(r["block"]) == 0):
-            results[method] = block0(ref, method)
+            if args.ref_methods is None or method in args.ref_methods:
+                results[method] = block0(ref, method)
     if not results:
         raise SystemExit("no finished setting to report")
 
@@ -251,7 +262,7 @@ def main() -> None:
         mark = " (chosen)" if name == chosen else ""
         vn = ("" if r.get("valid_ndcg@10") is None else f"{r['valid_ndcg@10']:.4f}") + " | " if nd else ""
         lines.append(
-            f"| {name}{mark} | {vl} | {vn}{r['epochs'] or ''} ({r['best_epoch']}) | {r['train_seconds']:.0f} | "
+            f"| {name}{mark} | {vl} | {vn}{r['epochs'] or ''} ({r['best_epoch'] or ''}) | {r['train_seconds']:.0f} | "
             f"{r['hit@10']:.4f} | {r['ndcg@10']:.4f} | " + " | ".join(str(vs.get(x, "")) for x in refs) + " |"
         )
         out[name] = {k: v for k, v in r.items() if k != "per_user"} | {

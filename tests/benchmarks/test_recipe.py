@@ -1,6 +1,7 @@
 """benchmarks/recipe.py: every named setting is a valid set of overrides for each shipped config, and sets
 what its description says (a typo in a setting would otherwise surface only after an hour-long run)."""
 
+import csv
 import sys
 from pathlib import Path
 
@@ -43,3 +44,15 @@ def test_the_rules_pick_lowest_loss_or_highest_validation_ndcg():
     assert recipe.choose(results, "loss") == "h128"
     assert recipe.choose(results, "ndcg") == "h64"
     assert recipe.choose({"sasrec-finetune": {"valid_loss": None}}, "loss") is None
+
+
+def test_a_reference_folders_frozen_entry_reads_block0s_curve_and_a_fixed_method_has_no_best_epoch(tmp_path):
+    from tests.conftest import tiny_run
+
+    run = tiny_run(tmp_path, [{"name": "frozen", "label": "f0"}, "popular"], epochs=2)
+    log = [r for r in csv.DictReader((run / "training.csv").open()) if r["method"] == "block0"]
+    f0 = recipe.block0(run, "f0")  # a labelled `frozen` entry is the shared block 0, logged as "block0"
+    assert f0["curve"] == [float(r["valid_loss"]) for r in log] and len(f0["curve"]) == 2
+    assert f0["valid_loss"] == min(f0["curve"]) and f0["best_epoch"] in (1, 2)
+    pop = recipe.block0(run, "popular")  # no training: no curve, no best epoch
+    assert pop["curve"] == [] and pop["valid_loss"] is None and pop["best_epoch"] is None
