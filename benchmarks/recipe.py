@@ -139,7 +139,9 @@ def block0(folder: Path, method: str) -> dict:
     row = next(r for r in rows if r["method"] == method and int(r["block"]) == 0)
     # a `frozen` entry (under any label) is the LLM's shared block 0, logged as "block0"
     entries = yaml.safe_load((folder / "config.yaml").read_text())["methods"]
-    frozen = {"frozen"} | {e["label"] for e in entries if isinstance(e, dict) and e.get("name") == "frozen"}
+    frozen = {"frozen"} | {
+        e.get("label") or "frozen" for e in entries if isinstance(e, dict) and e.get("name") == "frozen"
+    }
     label = "block0" if method in frozen else method
     mine = [r for r in log if r["method"] == label and int(r["block"]) == 0]
     curve = [float(r["valid_loss"]) for r in mine]
