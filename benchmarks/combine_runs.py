@@ -27,9 +27,11 @@ def load_units(run: Path) -> tuple[list[dict], dict]:
     return rows, per_user
 
 
-def combine(runs: list[Path]) -> tuple[list[dict], dict, dict]:
+def combine(runs: list[Path], need: set[int] | None = None) -> tuple[list[dict], dict, dict]:
     """The union of the runs' completed units; a (method, seed) found in several runs is taken from the first
-    one listed (e.g. `popular`, which every run computes alike)."""
+    one listed (e.g. `popular`, which every run computes alike). A (method, seed) is kept once it has every
+    block in `need` (default: every block any run has), so a block-0 comparison can take references that
+    ran blocks 0-1 only."""
     rows, per_user, users, sources = [], {}, {}, {}
     for run in runs:
         r, p = load_units(run)
@@ -48,11 +50,11 @@ def combine(runs: list[Path]) -> tuple[list[dict], dict, dict]:
         rows += [row for row in r if (row["method"], int(row["seed"])) not in taken]
         per_user.update({k: v for k, v in p.items() if (k[0], k[1]) not in taken})
     # block 0's unit holds every adapter method's block-0 row: keep a (method, seed) only once it has all blocks
-    blocks = {b for _, _, b in per_user}
+    blocks = need if need is not None else {b for _, _, b in per_user}
     have: dict[tuple[str, int], set[int]] = {}
     for m, seed, b in per_user:
         have.setdefault((m, seed), set()).add(b)
-    done = {u for u, bs in have.items() if bs == blocks}
+    done = {u for u, bs in have.items() if blocks <= bs}
     rows = [row for row in rows if (row["method"], int(row["seed"])) in done]
     per_user = {k: v for k, v in per_user.items() if (k[0], k[1]) in done}
     return (

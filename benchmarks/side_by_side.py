@@ -58,7 +58,7 @@ def dataset_summary(
     block0: bool = False,
 ) -> dict[str, dict]:
     """method -> figures of one dataset (see the module docstring), over `seeds` only if given."""
-    rows, per_user, _ = combine(runs)
+    rows, per_user, _ = combine(runs, {0} if block0 else None)
     if seeds is not None:
         rows = [r for r in rows if int(r["seed"]) in seeds]
         per_user = {k: v for k, v in per_user.items() if k[1] in seeds}

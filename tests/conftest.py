@@ -236,13 +236,15 @@ def kill_update_while_training(store: Path, slice_csv: Path, log: Path) -> None:
         proc.wait()
 
 
-def tiny_run(root: Path, methods: list, epochs: int = 2, **model) -> Path:
-    """`peso run` of a 16-wide model on test_cli_errors' small data: root/run, with `methods` (and `model`
-    settings)."""
+def tiny_run(
+    root: Path, methods: list, epochs: int = 2, blocks: dict | None = None, data: dict | None = None, **model
+) -> Path:
+    """`peso run` of a 16-wide model on test_cli_errors' small data (or `blocks`): root/run, with `methods`
+    (and `data` and `model` settings)."""
     from tests.test_cli_errors import write_data
 
     config = {
-        "data": {"path": str(write_data(root / "data"))},
+        "data": {"path": str(write_data(root / "data", blocks)), **(data or {})},
         "model": {
             "name": "tiny",
             "tiny": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32},
