@@ -10,6 +10,7 @@ single and PESO) for the union.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from peso.compare import compare_methods
@@ -78,7 +79,8 @@ def main() -> None:
     if args.md:
         write_text(args.md, text)
     if args.png:
-        plot(rows, args.png, f"{', '.join(r.name for r in args.runs)}: test NDCG@10 per block")
+        title = f"{', '.join(r.name for r in args.runs)}: test NDCG@10 per block"
+        plot(rows, args.png, textwrap.fill(title, 100))  # many folders: wrapped, not cut off the figure
 
 
 if __name__ == "__main__":
