@@ -15,7 +15,8 @@ instead (each setting's validation targets decoded once at its beam, 20-60 s, ke
 A setting is overrides on the config given, so its name describes it only against the config it was named
 for: the `h64*` names date from configs with hidden 64 at lr 3e-3. `configs/cds.yaml` (since 9ca75df) and
 `configs/beauty.yaml` (since issue 18's Beauty three-seed check) hold hidden 128 at lr 1e-3 with attention
-dropout 0.5, so there `h64` runs that committed model; the `h128-*` settings pin every value they name.
+dropout 0.5, so there `h64` runs that committed model at a 30-epoch cap (the config's is 20, and the cosine
+schedule spans the cap); the `h128-*` settings pin every value they name.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ def test_block0_takes_a_reference_that_ran_blocks_0_1_only(tmp_path, monkeypatch
     rows = {**block_rows(full), **block_rows(short)}
     assert got["popular"]["ndcg@10"][0] == pytest.approx(float(rows[("popular", 0)]["ndcg@10"]), abs=1e-6)
     want = float(rows[("popular", 0)]["ndcg@10"]) - float(rows[("llm", 0)]["ndcg@10"])
+    assert want != 0  # the two block-0 rankings differ, so the pairing is tested
     assert float(got["popular"]["vs"]["llm"].split()[0]) == pytest.approx(want, abs=1e-4)
     monkeypatch.setattr(sys, "argv", argv)  # the continual mean needs every block: the short folder drops out
     side_by_side.main()
