@@ -80,7 +80,8 @@ def main() -> None:
         write_text(args.md, text)
     if args.png:
         title = f"{', '.join(r.name for r in args.runs)}: test NDCG@10 per block"
-        plot(rows, args.png, textwrap.fill(title, 100))  # many folders: wrapped, not cut off the figure
+        # many folders: wrapped to the axes' width (the legend takes the rest), not cut off the figure
+        plot(rows, args.png, textwrap.fill(title, 70))
 
 
 if __name__ == "__main__":
